@@ -1,0 +1,126 @@
+"""Who goes where: session ids, buckets and the routing decision (SPEC 3). Pure, no I/O."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from http.cookies import CookieError, SimpleCookie
+
+import mmh3
+
+from proxy.config import DEFAULT_FEATURE, Feature, RolloutConfig, SessionConfig
+
+BUCKETS = 10_000
+
+
+class Side(StrEnum):
+    SIGNAL = "signal"
+    LEGACY = "legacy"
+
+
+class Reason(StrEnum):
+    """Why a request went where it went (label `reason` of the routing metric)."""
+
+    BUCKET = "bucket"
+    TEST_SESSION = "test_session"
+    EMERGENCY = "emergency"
+    GUARD = "guard"
+    NO_SESSION = "no_session"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    side: Side
+    reason: Reason
+    feature: str
+    bucket: int | None
+
+
+def bucket(session_id: str, seed: str) -> int:
+    """MurmurHash3 x86_32 (seed 0, unsigned) of `seed:session_id` in UTF-8, mod 10,000.
+
+    `surrogateescape` lets ids that arrived as non-UTF-8 bytes hash as those bytes.
+    """
+    key = f"{seed}:{session_id}".encode("utf-8", "surrogateescape")
+    return mmh3.hash(key, 0, signed=False) % BUCKETS
+
+
+def threshold(percentage: float) -> int:
+    """Buckets below this number go to signal."""
+    return round(percentage * 100)
+
+
+def match_feature(path: str, features: tuple[Feature, ...]) -> Feature | None:
+    """The feature with the longest prefix of `path`, matching whole segments.
+
+    `/signals/anomaly` matches `/signals/anomaly` and `/signals/anomaly/x`, not
+    `/signals/anomalyx`.
+    """
+    best: Feature | None = None
+    best_len = -1
+    for feature in features:
+        for prefix in feature.paths:
+            if len(prefix) > best_len and _has_prefix(path, prefix):
+                best, best_len = feature, len(prefix)
+    return best
+
+
+def _has_prefix(path: str, prefix: str) -> bool:
+    if not path.startswith(prefix):
+        return False
+    return len(path) == len(prefix) or prefix.endswith("/") or path[len(prefix)] == "/"
+
+
+def choose_upstream(
+    rollout: RolloutConfig,
+    session_id: str | None,
+    path: str,
+    *,
+    guard_tripped: bool = False,
+) -> Decision:
+    """SPEC 3 order: emergency, test session, tripped guard, then the bucket rule."""
+    feature = match_feature(path, rollout.features)
+    name = feature.name if feature else DEFAULT_FEATURE
+    if rollout.emergency:
+        return Decision(Side.LEGACY, Reason.EMERGENCY, name, None)
+    if session_id is None:
+        return Decision(Side.LEGACY, Reason.NO_SESSION, name, None)
+    if session_id in rollout.test_sessions:
+        return Decision(Side.SIGNAL, Reason.TEST_SESSION, name, None)
+    b = bucket(session_id, rollout.seed)
+    if guard_tripped:
+        return Decision(Side.LEGACY, Reason.GUARD, name, b)
+    pct = rollout.percentage
+    if feature is not None and feature.percentage is not None:
+        pct = feature.percentage
+    side = Side.SIGNAL if b < threshold(pct) else Side.LEGACY
+    return Decision(side, Reason.BUCKET, name, b)
+
+
+def find_session_id(
+    headers: Mapping[str, str], cookie_header: str | None, session: SessionConfig
+) -> str | None:
+    """The session id from the configured header, else the configured cookie."""
+    value = headers.get(session.header)
+    if value:
+        return value
+    if cookie_header:
+        return _cookie_value(cookie_header, session.cookie)
+    return None
+
+
+def _cookie_value(cookie_header: str, name: str) -> str | None:
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(cookie_header)
+    except CookieError:
+        return None
+    morsel = jar.get(name)
+    return morsel.value if morsel is not None and morsel.value else None
+
+
+def mint_session_id() -> str:
+    """A fresh id for a client that sent none: 128 random bits, cookie-safe."""
+    return secrets.token_hex(16)
