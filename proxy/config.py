@@ -7,6 +7,7 @@ so `rollout check` can list them all; each names the key path and the bad value
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -242,7 +243,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -253,7 +254,7 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
 
 
@@ -536,7 +537,7 @@ def _build_rollout(s: _Section) -> RolloutConfig:
     if not stages:
         s.error("stages", "must list at least one percentage")
         stages = d.stages
-    elif any(b <= a for a, b in zip(stages, stages[1:], strict=False)):
+    elif any(b <= a for a, b in itertools.pairwise(stages)):
         s.error("stages", f"{format_value(stages)} is not strictly increasing")
         stages = d.stages
     test_sessions = s.get_list("test_sessions", str, (), _non_empty)

@@ -1,0 +1,229 @@
+"""The `rollout` command (SPEC 10). Exit codes: 0 success, 1 check or criteria failed,
+2 usage or configuration error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from proxy import __version__
+from proxy.config import Config, as_mapping, load_config, resolve_config_path
+from proxy.errors import ConfigError
+from proxy.routing import choose_upstream, threshold
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    _setup_logging(args)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS keeps a `-c` given before the command from being reset by the subparser.
+    common.add_argument(
+        "-c",
+        "--config",
+        default=argparse.SUPPRESS,
+        help="config file (default: $ROLLOUT_CONFIG, else config/rollout.yaml)",
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
+    parser = argparse.ArgumentParser(
+        prog="rollout",
+        description="Session-sticky gradual rollout from the Legacy API to the Signal API.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"rollout-proxy {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def add(name: str, func: Command, help_text: str, example: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=help_text,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        return p
+
+    p = add("serve", cmd_serve, "run the proxy", "rollout serve -c /etc/rollout/rollout.yaml")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=1.0,
+        help="seconds between turning not-ready and closing the listener on SIGTERM",
+    )
+
+    p = add(
+        "demo",
+        cmd_demo,
+        "start sample signal and legacy APIs plus the proxy on loopback",
+        "rollout demo",
+    )
+    p.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
+    p.add_argument("--admin-port", type=int, default=9180)
+    p.add_argument("--signal-port", type=int, default=8000)
+    p.add_argument("--legacy-port", type=int, default=8001)
+
+    add("check", cmd_check, "validate the config file", "rollout check -c config/rollout.yaml")
+
+    p = add(
+        "explain",
+        cmd_explain,
+        "show bucket, side and reason for one session id under the current config",
+        "rollout explain alice --path /signals/anomaly",
+    )
+    p.add_argument("session_id")
+    p.add_argument("--path", default="/", help="request path (selects the feature)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    return resolve_config_path(getattr(args, "config", None))
+
+
+def _load(args: argparse.Namespace) -> tuple[Path, Config]:
+    path = _config_path(args)
+    return path, load_config(path)
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    print(f"error: invalid configuration {exc.source}:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  - {problem}", file=sys.stderr)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from proxy.app import serve
+
+    path, _ = _load(args)  # invalid config: exit 2 before binding anything
+    return asyncio.run(serve(path, grace=args.grace))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.demo import DemoPorts, run_demo
+
+    ports = DemoPorts(
+        proxy=args.port, admin=args.admin_port, signal=args.signal_port, legacy=args.legacy_port
+    )
+    return asyncio.run(run_demo(ports))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path, config = _load(args)
+    r = config.rollout
+    stage = _stage_of(config)
+    print(f"{path}: valid")
+    print(
+        f"  upstreams   signal {config.upstreams.signal.url}, legacy {config.upstreams.legacy.url}"
+    )
+    print(
+        f"  listen      {config.listen.host}:{config.listen.port}  "
+        f"admin {config.admin.host}:{config.admin.port}"
+        f"{' (token set)' if config.admin.token else ''}"
+    )
+    print(
+        f"  rollout     {r.percentage:g} % ({stage}), seed {r.seed!r}"
+        f"{', EMERGENCY: all to legacy' if r.emergency else ''}"
+    )
+    for feature in r.features:
+        pct = r.percentage if feature.percentage is None else feature.percentage
+        print(f"  feature     {feature.name}: {pct:g} % on {', '.join(feature.paths)}")
+    print(f"  test ids    {len(r.test_sessions)}")
+    fb = config.fallback
+    print(
+        f"  fallback    {'on' if fb.enabled else 'off'}, statuses "
+        f"{', '.join(map(str, sorted(fb.statuses)))}, replay bodies up to {fb.max_body_bytes} B"
+    )
+    g = config.guard
+    print(
+        f"  guard       {'on' if g.enabled else 'off'}: roll back when error rate > "
+        f"{g.max_error_rate:.1%} or p95 > {g.max_p95_ms:g} ms over {g.window_seconds} s "
+        f"(min {g.min_requests} requests)"
+    )
+    p = config.promotion
+    print(
+        f"  promotion   error rate < {p.max_error_rate:.1%}, p95 < {p.max_p95_ms:g} ms, "
+        f"min {p.min_requests} requests"
+    )
+    return EXIT_OK
+
+
+def _stage_of(config: Config) -> str:
+    stages = config.rollout.stages
+    pct = config.rollout.percentage
+    if pct in stages:
+        return f"stage {stages.index(pct)} of {len(stages) - 1}"
+    return "between stages"
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    _, config = _load(args)
+    decision = choose_upstream(config.rollout, args.session_id, args.path)
+    pct = config.feature_percentages()[decision.feature]
+    result = {
+        "session_id": args.session_id,
+        "path": args.path,
+        "feature": decision.feature,
+        "percentage": pct,
+        "threshold": threshold(pct),
+        "bucket": decision.bucket,
+        "upstream": decision.side.value,
+        "reason": decision.reason.value,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return EXIT_OK
+    reason = {
+        "emergency": "rollout.emergency is true: everything goes to legacy",
+        "test_session": "listed in rollout.test_sessions",
+        "bucket": (
+            f"bucket {decision.bucket} {'<' if decision.side.value == 'signal' else '>='} "
+            f"{threshold(pct)} (= {pct:g} % of 10000)"
+        ),
+    }[decision.reason.value]
+    print(f"session   {args.session_id}")
+    print(f"feature   {decision.feature} ({pct:g} %)")
+    if decision.bucket is not None:
+        print(f"bucket    {decision.bucket} of 10000")
+    print(f"upstream  {decision.side.value}")
+    print(f"reason    {reason}")
+    return EXIT_OK
+
+
+__all__ = ["as_mapping", "build_parser", "main"]

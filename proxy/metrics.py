@@ -1,0 +1,122 @@
+"""Every Prometheus metric of SPEC 9, on a registry the application owns.
+
+Label values come from small fixed sets: upstream names, configured feature names, a
+closed list of methods and the reason enums. A session id never becomes a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+from proxy.config import DEFAULT_FEATURE, Config
+from proxy.errors import FailureReason
+from proxy.routing import Reason, Side
+
+# 0.2 s and 0.5 s are the promotion and rollback P95 criteria: they must be bucket edges
+# so histogram_quantile() is exact at the thresholds that matter.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """Unknown or made-up methods share one label so a client cannot grow the series."""
+    return method if method in KNOWN_METHODS else "other"
+
+
+class Metrics:
+    """Owns the registry and every metric; survives config reloads."""
+
+    def __init__(self, version: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, open fds, CPU
+        self.requests = Counter(
+            "rollout_requests_total",
+            "Requests answered, by the upstream that served the response.",
+            ["upstream", "feature", "method", "code"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "rollout_request_duration_seconds",
+            "Time from request received to response complete, by serving upstream.",
+            ["upstream", "feature"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "rollout_upstream_errors_total",
+            "Failed attempts against an upstream.",
+            ["upstream", "reason"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "rollout_fallbacks_total",
+            "Signal attempts replayed against legacy.",
+            ["feature", "reason"],
+            registry=r,
+        )
+        self.routing = Counter(
+            "rollout_routing_decisions_total",
+            "Routing decisions, by chosen upstream and why.",
+            ["upstream", "reason"],
+            registry=r,
+        )
+        self.percentage = Gauge(
+            "rollout_percentage",
+            "Configured rollout percentage (feature=default is the global one).",
+            ["feature"],
+            registry=r,
+        )
+        self.effective_percentage = Gauge(
+            "rollout_effective_percentage",
+            "Percentage routing applies now: 0 during emergency or a tripped guard.",
+            ["feature"],
+            registry=r,
+        )
+        self.guard_tripped = Gauge(
+            "rollout_guard_tripped", "1 while the automatic rollback guard holds.", registry=r
+        )
+        self.reloads = Counter(
+            "rollout_config_reloads_total", "Configuration reloads.", ["result"], registry=r
+        )
+        self.last_reload_ok = Gauge(
+            "rollout_config_last_reload_successful",
+            "1 if the last configuration reload was applied.",
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "rollout_in_flight_requests", "Requests being proxied now.", registry=r
+        )
+        self.build_info = Gauge(
+            "rollout_build_info",
+            "Always 1; the version label says which build.",
+            ["version"],
+            registry=r,
+        )
+        self.build_info.labels(version=version).set(1)
+        self.last_reload_ok.set(1)
+        for side in Side:
+            for error in (r for r in FailureReason):
+                self.upstream_errors.labels(upstream=side.value, reason=error.value)
+            for reason in Reason:
+                self.routing.labels(upstream=side.value, reason=reason.value)
+        for result in ("success", "failure"):
+            self.reloads.labels(result=result)
+
+    def apply_config(self, config: Config, *, guard_tripped: bool) -> None:
+        """Refresh the configuration gauges and pre-create the per-feature series."""
+        self.percentage.clear()
+        self.effective_percentage.clear()
+        for feature, pct in config.feature_percentages().items():
+            self.percentage.labels(feature=feature).set(pct)
+            effective = 0.0 if (config.rollout.emergency or guard_tripped) else pct
+            self.effective_percentage.labels(feature=feature).set(effective)
+            for side in Side:
+                self.duration.labels(upstream=side.value, feature=feature)
+            for reason in FailureReason:
+                self.fallbacks.labels(feature=feature, reason=reason.value)
+        self.guard_tripped.set(1 if guard_tripped else 0)
+
+
+__all__ = ["DEFAULT_FEATURE", "LATENCY_BUCKETS", "Metrics", "method_label"]

@@ -1,0 +1,87 @@
+"""State that lives as long as the process: config store, pool, metrics, guard, windows.
+
+A reload swaps only `store.config`; everything here survives it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from proxy.config import Config
+from proxy.guard import Guard
+from proxy.metrics import Metrics
+from proxy.routing import Side
+from proxy.store import ConfigStore
+from proxy.window import Window
+
+log = logging.getLogger("rollout.guard")
+
+
+@dataclass(eq=False)
+class Runtime:
+    store: ConfigStore
+    metrics: Metrics
+    guard: Guard
+    legacy_window: Window
+    client: aiohttp.ClientSession = field(init=False)
+    draining: bool = False
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def create(cls, store: ConfigStore, version: str) -> Runtime:
+        config = store.config
+        runtime = cls(
+            store=store,
+            metrics=Metrics(version),
+            guard=Guard(config.guard),
+            legacy_window=Window(config.guard.window_seconds),
+        )
+        runtime.metrics.apply_config(config, guard_tripped=False)
+        return runtime
+
+    def guard_tripped(self) -> bool:
+        return self.guard.trip is not None
+
+    def window(self, side: Side) -> Window:
+        return self.guard.window if side is Side.SIGNAL else self.legacy_window
+
+    def record_attempt(self, side: Side, *, ok: bool, seconds: float) -> None:
+        """Feed the per-upstream windows; signal attempts also feed the guard."""
+        if side is Side.LEGACY:
+            self.legacy_window.record(ok=ok, latency_ms=seconds * 1000)
+            return
+        trip = self.guard.record(ok=ok, latency_ms=seconds * 1000)
+        if trip is not None:
+            log.error(
+                "guard tripped: %s; every session except test sessions now goes to legacy "
+                "(re-arm: edit the config or POST /-/guard/reset)",
+                trip.reason,
+            )
+            self.metrics.apply_config(self.store.config, guard_tripped=True)
+
+    def config_applied(self, config: Config) -> None:
+        """After a reload was applied: re-arm a tripped guard, refresh gauges."""
+        self.guard.reconfigure(config.guard)
+        if self.guard.trip is not None:
+            log.warning("guard re-armed by configuration change")
+            self.guard.rearm()
+        if config.guard.window_seconds != self.legacy_window.seconds:
+            self.legacy_window = Window(config.guard.window_seconds)
+        self.metrics.apply_config(config, guard_tripped=self.guard_tripped())
+
+    def reset_guard(self) -> bool:
+        """POST /-/guard/reset; returns whether it was tripped."""
+        was = self.guard.trip is not None
+        self.guard.rearm()
+        self.metrics.apply_config(self.store.config, guard_tripped=False)
+        if was:
+            log.warning("guard re-armed by POST /-/guard/reset")
+        return was
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
