@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,9 +154,7 @@ def test_valid_upstream_urls_are_kept_without_trailing_slash(raw: str, expected:
     assert config.upstreams.signal.url == expected
 
 
-@pytest.mark.parametrize(
-    "value", ["0", "100", "0.01", "99.99", "12.5", "33.33", "0.07", "100.00"]
-)
+@pytest.mark.parametrize("value", ["0", "100", "0.01", "99.99", "12.5", "33.33", "0.07", "100.00"])
 def test_percentages_with_up_to_two_decimals_are_accepted(value: str) -> None:
     config = parse_config(with_minimal(f"rollout: {{percentage: {value}}}\n"))
     assert config.rollout.percentage == float(value)
@@ -228,7 +227,12 @@ INVALID = [
     ("stage-3-decimals", "rollout: {stages: [0, 12.345]}\n", "rollout.stages[1]", "12.345"),
     # stages
     ("stages-decreasing", "rollout: {stages: [0, 30, 10]}\n", "rollout.stages", "[0, 30, 10]"),
-    ("stages-repeated", "rollout: {stages: [0, 10, 10, 30]}\n", "rollout.stages", "[0, 10, 10, 30]"),
+    (
+        "stages-repeated",
+        "rollout: {stages: [0, 10, 10, 30]}\n",
+        "rollout.stages",
+        "[0, 10, 10, 30]",
+    ),
     ("stages-empty", "rollout: {stages: []}\n", "rollout.stages", "at least one"),
     # feature paths
     (
@@ -381,10 +385,15 @@ def test_unknown_key_message_lists_the_known_keys() -> None:
 @pytest.mark.parametrize(
     ("extra", "key", "line"),
     [
-        pytest.param("rollout:\n  percentage: 10\n  percentage: 20\n", "percentage", 6, id="nested"),
+        pytest.param(
+            "rollout:\n  percentage: 10\n  percentage: 20\n", "percentage", 6, id="nested"
+        ),
         pytest.param("rollout: {seed: a}\nrollout: {seed: b}\n", "rollout", 5, id="top-level"),
         pytest.param(
-            "rollout:\n  features:\n    a: {paths: [/a], paths: [/b]}\n", "paths", 6, id="in-feature"
+            "rollout:\n  features:\n    a: {paths: [/a], paths: [/b]}\n",
+            "paths",
+            6,
+            id="in-feature",
         ),
     ],
 )
@@ -503,7 +512,7 @@ bogus: 1
 # --- diff_configs -------------------------------------------------------------------------
 
 
-def replace_rollout(config: Config, **changes: object) -> Config:
+def replace_rollout(config: Config, **changes: Any) -> Config:
     return dataclasses.replace(config, rollout=dataclasses.replace(config.rollout, **changes))
 
 

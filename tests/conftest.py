@@ -1,0 +1,71 @@
+"""Shared fixtures: fake upstreams (real aiohttp servers on loopback) and the proxy."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from proxy.app import build_runtime, create_app
+from proxy.config import parse_config
+from proxy.runtime import Runtime
+from tests.support import HOST, ProxyProcess, config_dict, write_config
+
+UpstreamFactory = Callable[[web.Application], Awaitable[TestServer]]
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> UpstreamFactory:
+    """Start an aiohttp app as a real server on 127.0.0.1; returns the TestServer."""
+
+    async def start(app: web.Application) -> TestServer:
+        server: TestServer = await aiohttp_server(app, host=HOST)
+        return server
+
+    return start
+
+
+def server_url(server: TestServer) -> str:
+    return f"http://{HOST}:{server.port}"
+
+
+@pytest.fixture
+def serve_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
+    """Start `rollout serve` processes from a config dict; all stopped at teardown."""
+    started: list[ProxyProcess] = []
+
+    def start(data: dict[str, Any], *extra: str, name: str = "rollout") -> ProxyProcess:
+        path = write_config(tmp_path / f"{name}-{len(started)}.yaml", data)
+        proc = ProxyProcess(path, data, tmp_path / f"{name}-{len(started)}.log")
+        started.append(proc)
+        return proc.start(*extra)
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+InProcess = Callable[..., Awaitable[tuple[TestClient[web.Request, web.Application], Runtime]]]
+
+
+@pytest.fixture
+async def proxy_client(aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[InProcess]:
+    """The public app in-process (no file watcher) in front of the given upstreams."""
+
+    async def make(
+        signal_url: str, legacy_url: str, **sections: Any
+    ) -> tuple[TestClient[web.Request, web.Application], Runtime]:
+        data = config_dict(signal_url, legacy_url, **sections)
+        path = write_config(tmp_path / "inproc.yaml", data)
+        runtime = build_runtime(path, parse_config(path.read_text(), str(path)))
+        client = await aiohttp_client(create_app(runtime, watch_config=False))
+        return client, runtime
+
+    yield make
+
+
+__all__ = ["config_dict", "server_url"]
