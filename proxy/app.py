@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -21,7 +21,7 @@ from proxy.admin import create_admin_app
 from proxy.config import Config, load_config
 from proxy.forward import SKIP_AUTO_HEADERS
 from proxy.gateway import handle
-from proxy.reload import reload_now, watch
+from proxy.reload import POLL_INTERVAL, reload_now, watch
 from proxy.runtime import RUNTIME, Runtime
 from proxy.store import ConfigStore
 
@@ -52,14 +52,18 @@ def create_client_session() -> aiohttp.ClientSession:
     )
 
 
-def create_app(runtime: Runtime, *, watch_config: bool = True) -> web.Application:
-    """The public application: every path and method is proxied."""
+def create_app(runtime: Runtime, *, poll_interval: float = POLL_INTERVAL) -> web.Application:
+    """The public application: every path and method is proxied.
+
+    `poll_interval` 0 turns the file watcher off (reload then only on SIGHUP or
+    `POST /-/reload`).
+    """
     app = web.Application(handler_args={"max_field_size": 16384})
     app[RUNTIME] = runtime
     app.router.add_route("*", "/{tail:.*}", handle)
     app.cleanup_ctx.append(_client_session_ctx)
-    if watch_config:
-        app.cleanup_ctx.append(_watch_ctx)
+    if poll_interval > 0:
+        app.cleanup_ctx.append(_watch_ctx(poll_interval))
     return app
 
 
@@ -70,24 +74,29 @@ async def _client_session_ctx(app: web.Application) -> AsyncIterator[None]:
     await runtime.client.close()
 
 
-async def _watch_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(watch(app[RUNTIME]), name="config-watch")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+def _watch_ctx(interval: float) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(watch(app[RUNTIME], interval), name="config-watch")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
 
 
 def build_runtime(path: Path, config: Config) -> Runtime:
     return Runtime.create(ConfigStore(path=path, config=config), __version__)
 
 
-async def serve(path: Path, *, grace: float = DEFAULT_GRACE_SECONDS) -> int:
+async def serve(
+    path: Path, *, grace: float = DEFAULT_GRACE_SECONDS, poll_interval: float = POLL_INTERVAL
+) -> int:
     """Run until SIGTERM/SIGINT, then drain: not ready, grace, stop accepting, finish."""
     config = load_config(path)
     runtime = build_runtime(path, config)
     public_runner = web.AppRunner(
-        create_app(runtime),
+        create_app(runtime, poll_interval=poll_interval),
         access_log=None,
         shutdown_timeout=config.timeouts.total + 1,
     )

@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds between turning not-ready and closing the listener on SIGTERM",
     )
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        help="seconds between config file checks; 0 = only SIGHUP and POST /-/reload",
+    )
 
     p = add(
         "demo",
@@ -132,7 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.app import serve
 
     path, _ = _load(args)  # invalid config: exit 2 before binding anything
-    return asyncio.run(serve(path, grace=args.grace))
+    return asyncio.run(serve(path, grace=args.grace, poll_interval=args.poll_interval))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

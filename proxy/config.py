@@ -271,6 +271,8 @@ _MISSING: Any = object()
 
 
 def _describe(value: object) -> str:
+    if value is None:
+        return "null"
     if isinstance(value, str):
         return repr(value)
     if isinstance(value, dict):
@@ -381,7 +383,13 @@ def _is_kind(value: object, kind: type | tuple[type, ...]) -> bool:
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {bool: "true/false", int: "a whole number", float: "a number", str: "a string"}
+    names = {
+        bool: "true/false",
+        int: "a whole number",
+        float: "a number",
+        str: "a string",
+        type(None): "null",
+    }
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
@@ -438,16 +446,26 @@ def _upstream_url(value: str) -> str | None:
         return "is not an http(s) URL such as http://127.0.0.1:8000"
     if url.raw_path not in ("", "/") or url.raw_query_string or url.raw_fragment:
         return "must be scheme://host[:port] only (paths go upstream unchanged)"
-    if url.user or url.password:
-        return "must not carry credentials"
     return None
+
+
+def _has_credentials(value: str) -> bool:
+    try:
+        url = URL(value)
+    except ValueError:
+        return False
+    return bool(url.user or url.password)
 
 
 # --- sections ------------------------------------------------------------------------------
 
 
 def _build_config(root: _Section) -> Config | None:
-    upstreams = _build_upstreams(root.section("upstreams", required=True))
+    if root.has("upstreams"):
+        upstreams = _build_upstreams(root.section("upstreams"))
+    else:
+        root.error("upstreams", "is required (signal.url and legacy.url)")
+        upstreams = Upstreams(Upstream("signal", ""), Upstream("legacy", ""))
     config = Config(
         upstreams=upstreams,
         listen=_build_listener(root.section("listen"), Listener("0.0.0.0", 8080)),
@@ -475,7 +493,12 @@ def _build_listener(s: _Section, default: Listener) -> Listener:
 
 def _build_admin(s: _Section) -> AdminConfig:
     d = AdminConfig()
-    token = s.get("token", (str, type(None)), d.token)
+    raw_token = s.data.get("token")
+    token: str | None = None
+    if raw_token is not None and not isinstance(raw_token, str):
+        s.error("token", "is not a string (quote it; the value is not shown)")
+    else:
+        token = raw_token
     if isinstance(token, str) and not token.strip():
         s.error("token", "must not be empty (remove the key, or set null, for no token)")
         token = None
@@ -490,11 +513,13 @@ def _build_admin(s: _Section) -> AdminConfig:
 
 def _build_upstreams(s: _Section) -> Upstreams:
     def one(name: str, default_url: str) -> Upstream:
-        # A missing `upstreams` section is reported once, by the caller.
-        present = bool(s.data)
-        sub = s.section(name, required=present)
-        url = sub.get("url", str, default_url, _upstream_url)
-        if present and s.has(name) and not sub.has("url"):
+        sub = s.section(name, required=True)
+        raw = sub.data.get("url")
+        if isinstance(raw, str) and _has_credentials(raw):
+            sub.error("url", "must not carry credentials (the value is not shown)")
+            raw = None
+        url = sub.get("url", str, default_url, _upstream_url) if raw is not None else default_url
+        if s.has(name) and not sub.has("url"):
             sub.error("url", "is required")
         sub.finish(("url",))
         return Upstream(name, url.rstrip("/"))

@@ -40,9 +40,11 @@ class Guard:
     re-arm starts an empty one so the figures that caused the trip do not trip it again.
     """
 
-    # The p95 scan walks the histogram; doing it at most this often keeps the hot path
-    # O(1) while still reacting within a fraction of a second.
+    # The p95 scan walks the histogram, so it runs at most every CHECK_INTERVAL seconds or
+    # CHECK_EVERY attempts, whichever comes first; the error-rate test is O(1) and runs on
+    # every failed attempt.
     CHECK_INTERVAL = 0.1
+    CHECK_EVERY = 64
 
     def __init__(
         self, config: GuardConfig, clock: Clock = time.monotonic, wall: Clock = time.time
@@ -53,6 +55,7 @@ class Guard:
         self.window = Window(config.window_seconds, clock)
         self.trip: Trip | None = None
         self._next_check = 0.0
+        self._unchecked = 0
 
     @property
     def tripped(self) -> bool:
@@ -63,10 +66,19 @@ class Guard:
         self.window.record(ok=ok, latency_ms=latency_ms)
         if self.trip is not None or not self.config.enabled:
             return None
+        self._unchecked += 1
         now = self._clock()
-        if now < self._next_check:
+        if ok and now < self._next_check and self._unchecked < self.CHECK_EVERY:
             return None
+        if not ok and now < self._next_check and self._unchecked < self.CHECK_EVERY:
+            requests, errors = self.window.totals()
+            if (
+                requests < self.config.min_requests
+                or errors <= self.config.max_error_rate * requests
+            ):
+                return None
         self._next_check = now + self.CHECK_INTERVAL
+        self._unchecked = 0
         stats = self.window.stats()
         reason = trip_reason(stats, self.config)
         if reason is None:
@@ -79,6 +91,7 @@ class Guard:
         self.window.clear()
         self.trip = None
         self._next_check = 0.0
+        self._unchecked = 0
 
     def reconfigure(self, config: GuardConfig) -> None:
         """New thresholds; the window survives unless its length changed."""

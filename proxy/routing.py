@@ -6,7 +6,6 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from http.cookies import CookieError, SimpleCookie
 
 import mmh3
 
@@ -112,13 +111,19 @@ def find_session_id(
 
 
 def _cookie_value(cookie_header: str, name: str) -> str | None:
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(cookie_header)
-    except CookieError:
-        return None
-    morsel = jar.get(name)
-    return morsel.value if morsel is not None and morsel.value else None
+    """Tolerant `Cookie` parsing: one sloppy neighbour cookie must not hide the session.
+
+    (`http.cookies.SimpleCookie` drops the rest of the header at the first value it does
+    not like, which would re-mint the id and move the user between sides.)
+    """
+    for part in cookie_header.split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            return value or None
+    return None
 
 
 def mint_session_id() -> str:

@@ -83,6 +83,10 @@ class Window:
             slot.errors += 1
             self._errors += 1
 
+    def totals(self) -> tuple[int, int]:
+        """(requests, errors) as of the last record: O(1), for the hot path."""
+        return self._requests, self._errors
+
     def stats(self) -> WindowStats:
         self._expire(int(self._clock()))
         n = self._requests

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ InProcess = Callable[..., Awaitable[tuple[TestClient[web.Request, web.Applicatio
 
 
 @pytest.fixture
-async def proxy_client(aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[InProcess]:
+async def proxy_client(aiohttp_client: Any, tmp_path: Path) -> InProcess:
     """The public app in-process (no file watcher) in front of the given upstreams."""
 
     async def make(
@@ -62,10 +62,10 @@ async def proxy_client(aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[InP
         data = config_dict(signal_url, legacy_url, **sections)
         path = write_config(tmp_path / "inproc.yaml", data)
         runtime = build_runtime(path, parse_config(path.read_text(), str(path)))
-        client = await aiohttp_client(create_app(runtime, watch_config=False))
+        client = await aiohttp_client(create_app(runtime, poll_interval=0))
         return client, runtime
 
-    yield make
+    return make
 
 
 __all__ = ["config_dict", "server_url"]

@@ -94,7 +94,7 @@ class ProxyProcess:
             headers["Authorization"] = f"Bearer {token}"
         req = urllib.request.Request(self.admin_url + "/-/healthz", headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=1) as resp:  # noqa: S310 (loopback)
+            with urllib.request.urlopen(req, timeout=1) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False
@@ -206,3 +206,15 @@ async def read_response(reader: asyncio.StreamReader, *, head: bool = False) -> 
     else:
         resp.body = await reader.read()
     return resp
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The sample `name{labels}` in Prometheus text exposition, or None if absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                if len(sample.labels) == len(labels):
+                    return float(sample.value)
+    return None

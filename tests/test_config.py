@@ -187,7 +187,7 @@ INVALID = [
     ("test-session-number", "rollout: {test_sessions: [123]}\n", "rollout.test_sessions[0]", "123"),
     ("section-as-scalar", "listen: 8080\n", "listen", "8080"),
     ("features-as-list", "rollout: {features: [anomaly]}\n", "rollout.features", "a list"),
-    ("token-as-list", "admin: {token: [a]}\n", "admin.token", "a list"),
+    ("token-as-list", "admin: {token: [a]}\n", "admin.token", "not a string"),
     # bool where a number is expected
     ("bool-percentage", "rollout: {percentage: true}\n", "rollout.percentage", "true"),
     ("bool-port", "listen: {port: false}\n", "listen.port", "false"),
@@ -424,7 +424,9 @@ def test_empty_file_is_an_error(text: str) -> None:
 
 
 def test_comment_only_file_reports_missing_upstreams() -> None:
-    assert problems_of("# nothing here yet\n") == ["upstreams: is required"]
+    assert problems_of("# nothing here yet\n") == [
+        "upstreams: is required (signal.url and legacy.url)"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -465,8 +465,6 @@ def test_configured_header_and_cookie_names_are_used() -> None:
         "session_id",
         "=abc",
         ";;;",
-        "session_id=\x00",
-        'session_id="unterminated',
         "\x00\x01\x02",
         "=",
     ],
