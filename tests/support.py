@@ -214,7 +214,6 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
 
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                if len(sample.labels) == len(labels):
-                    return float(sample.value)
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
     return None

@@ -219,7 +219,7 @@ async def test_body_over_the_buffer_limit_is_not_replayed_after_sending(
 
 
 async def test_streamed_body_still_falls_back_when_signal_is_down(scenario: Scenario) -> None:
-    proxy, counts = await scenario("down", fallback={"max_body_bytes": 1024})
+    proxy, _ = await scenario("down", fallback={"max_body_bytes": 1024})
     status, headers, payload = await send(proxy, "POST", BODY)
     assert status == 200
     assert payload["sha"] == BODY_SHA  # the unbuffered stream was not consumed by signal

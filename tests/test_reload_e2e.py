@@ -419,9 +419,11 @@ async def test_guard_rearm_by_reset_and_by_config_edit(
         assert (await status(proxy))["guard"]["tripped"] is True
 
     await trip()
-    async with aiohttp.ClientSession() as client:
-        async with client.post(proxy.admin_url + "/-/guard/reset") as r:
-            assert (await r.json())["was_tripped"] is True
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(proxy.admin_url + "/-/guard/reset") as r,
+    ):
+        assert (await r.json())["was_tripped"] is True
     doc = await status(proxy)
     assert doc["guard"]["tripped"] is False
     assert doc["upstreams"]["signal"]["requests"] == 0  # re-arming starts an empty window
