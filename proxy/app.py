@@ -58,7 +58,8 @@ def create_app(runtime: Runtime, *, poll_interval: float = POLL_INTERVAL) -> web
     `poll_interval` 0 turns the file watcher off (reload then only on SIGHUP or
     `POST /-/reload`).
     """
-    app = web.Application(handler_args={"max_field_size": 16384})
+    # auto_decompress off: a gzip request body is forwarded as the bytes the client sent.
+    app = web.Application(handler_args={"max_field_size": 16384, "auto_decompress": False})
     app[RUNTIME] = runtime
     app.router.add_route("*", "/{tail:.*}", handle)
     app.cleanup_ctx.append(_client_session_ctx)

@@ -409,6 +409,12 @@ def _positive(value: float) -> str | None:
     return None if math.isfinite(value) and value > 0 else "must be greater than 0"
 
 
+def _seconds(value: float) -> str | None:
+    if not math.isfinite(value) or not 0 < value <= 3600:
+        return "is not within 0-3600 seconds"
+    return None
+
+
 def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "is not a port number (0-65535)"
 
@@ -535,9 +541,9 @@ def _build_upstreams(s: _Section) -> Upstreams:
 def _build_timeouts(s: _Section) -> Timeouts:
     d = Timeouts()
     value = Timeouts(
-        connect=s.get("connect", float, d.connect, _positive),
-        signal=s.get("signal", float, d.signal, _positive),
-        total=s.get("total", float, d.total, _positive),
+        connect=s.get("connect", float, d.connect, _seconds),
+        signal=s.get("signal", float, d.signal, _seconds),
+        total=s.get("total", float, d.total, _seconds),
     )
     if value.signal > value.total:
         s.error("signal", f"{format_value(value.signal)} exceeds timeouts.total")

@@ -97,7 +97,11 @@ async def _proxy(
 
     if decision.side is Side.SIGNAL:
         signal = config.upstreams.signal
-        budget = min(config.timeouts.signal, deadline - loop.time())
+        budget = deadline - loop.time()
+        if body.buffered:
+            # `timeouts.signal` runs from "request sent"; a streamed upload may take long to
+            # send, so it gets the total budget (it cannot be replayed anyway).
+            budget = min(config.timeouts.signal, budget)
         sent = loop.time()
         try:
             response = await _attempt(request, runtime, config, signal, body, extra, budget)

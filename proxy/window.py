@@ -3,7 +3,7 @@
 The window is a ring of per-second slots; each slot holds a count, an error count and a
 fixed log-spaced latency histogram. Running totals are kept as slots enter and leave, so
 recording is O(1) and memory is `window_seconds x len(EDGES_MS)` integers however many
-attempts are recorded. Quantiles are read from the merged histogram (about 4 % resolution).
+attempts are recorded. Quantiles are read from the merged histogram (8 % resolution).
 The clock is injected, so tests drive time instead of sleeping.
 """
 
@@ -17,11 +17,16 @@ from dataclasses import dataclass
 
 Clock = Callable[[], float]
 
-# Bucket upper edges in ms, growing by 8 % from 0.5 ms to 120 s, plus 200 and 500 exactly
-# (the promotion and rollback P95 criteria) so a check at those values is exact.
+# Bucket upper edges in ms, growing by 8 % from 0.5 ms past one hour (the longest timeout
+# the config accepts, so no attempt overflows), plus 200 and 500 exactly (the promotion and
+# rollback P95 criteria) so a check at those values is exact.
 _GROWTH = 1.08
+MAX_LATENCY_MS = 3_600_000.0
 _EDGES: list[float] = sorted(
-    {round(0.5 * _GROWTH**i, 3) for i in range(int(math.log(240_000) / math.log(_GROWTH)) + 2)}
+    {
+        round(0.5 * _GROWTH**i, 3)
+        for i in range(int(math.log(MAX_LATENCY_MS / 0.5) / math.log(_GROWTH)) + 2)
+    }
     | {200.0, 500.0}
 )
 EDGES_MS: tuple[float, ...] = tuple(_EDGES)

@@ -279,9 +279,9 @@ def test_rearm_starts_an_empty_window() -> None:
 
 def test_rearm_checks_the_next_attempt_at_once() -> None:
     guard, _ = make_guard(dataclasses.replace(CONFIG, min_requests=1))
-    assert guard.record(ok=False, latency_ms=1.0) is not None
+    assert guard.record(ok=True, latency_ms=900.0) is not None  # first attempt: checked
     guard.rearm()
-    assert guard.record(ok=False, latency_ms=1.0) is not None  # clock has not moved
+    assert guard.record(ok=True, latency_ms=900.0) is not None  # clock has not moved
 
 
 def test_reconfigure_keeps_the_window_and_applies_new_thresholds() -> None:
@@ -361,6 +361,19 @@ def test_the_p95_check_also_runs_every_check_every_attempts() -> None:
     assert results[: Guard.CHECK_EVERY - 1] == [None] * (Guard.CHECK_EVERY - 1)
     assert results[Guard.CHECK_EVERY - 1] is not None
     assert results[Guard.CHECK_EVERY - 1] is guard.trip
+
+
+def test_a_failed_attempt_also_runs_a_due_p95_check() -> None:
+    guard, clock = make_guard(dataclasses.replace(CONFIG, min_requests=10))
+    start = clock.now
+    guard.record(ok=True, latency_ms=5.0)
+    for _ in range(20):
+        guard.record(ok=True, latency_ms=900.0)
+    assert not guard.tripped
+    clock.now = start + Guard.CHECK_INTERVAL
+    trip = guard.record(ok=False, latency_ms=900.0)  # 1 error in 22: under the error limit
+    assert trip is not None
+    assert "p95" in trip.reason
 
 
 def test_an_error_trip_is_not_throttled() -> None:
