@@ -1,0 +1,301 @@
+"""Comment-preserving edits of the operator's YAML config: one value, one line.
+
+`rollout set/stage/promote/rollback/emergency` change a single value in a file people
+annotate by hand, so a load-and-dump round trip (which drops comments, quoting and layout)
+is not acceptable. Instead the text is composed into YAML nodes, which carry their source
+positions, and only the edited scalar's span is replaced; a missing key gets one new line
+(`key: value`) in its parent mapping. Every result is parsed again and compared with the
+original before anyone can write it, so a wrong edit fails loudly instead of being saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from proxy.errors import RolloutError
+
+_NULL_TAG = "tag:yaml.org,2002:null"
+_STR_TAG = "tag:yaml.org,2002:str"
+_MISSING: Any = object()
+
+
+class EditError(RolloutError):
+    """The edit cannot be made safely; the message names the key path."""
+
+
+def set_value(text: str, path: tuple[str, ...], value: bool | int | float | str | None) -> str:
+    """Return `text` with `path` set to `value`; every other character is left as it was."""
+    dotted = ".".join(path)
+    if not path:
+        raise EditError("cannot set a value: the key path is empty")
+    root = _compose(text, f"cannot set {dotted}")
+    if not isinstance(root, yaml.MappingNode):
+        raise EditError(f"cannot set {dotted}: the document is {_kind(root)}, not a mapping")
+    step = _indent_step(root)
+    node: yaml.MappingNode = root
+    for depth, key in enumerate(path):
+        rest = path[depth:]
+        found = _lookup(node, key)
+        if found is None:
+            new = _insert_into(text, node, rest, value, step)
+            break
+        key_node, child = found
+        if depth == len(path) - 1:
+            new = _replace_scalar(
+                text, child, _render(value, getattr(child, "style", None)), dotted
+            )
+            break
+        if isinstance(child, yaml.ScalarNode) and child.tag == _NULL_TAG:
+            new = _insert_under_null(text, node, key_node, child, rest[1:], value, step)
+            break
+        if not isinstance(child, yaml.MappingNode):
+            where = ".".join(path[: depth + 1])
+            raise EditError(f"cannot set {dotted}: {where} is {_kind(child)}, not a mapping")
+        node = child
+    verify_edit(text, new, path, value)
+    return new
+
+
+def verify_edit(before: str, after: str, path: tuple[str, ...], value: object) -> None:
+    """Raise `EditError` unless `after` reads as `before` with only `path` set to `value`."""
+    dotted = ".".join(path)
+    old = _load(before, f"cannot verify the edit of {dotted}: the original")
+    new = _load(after, f"editing {dotted} would break the file: the result")
+    got = _get(new, path)
+    if got is _MISSING or not _same(got, value):
+        shown = "missing" if got is _MISSING else repr(got)
+        raise EditError(f"editing {dotted} went wrong: it reads back as {shown}, not {value!r}")
+    if _without(old, path) != _without(new, path):
+        raise EditError(f"editing {dotted} would also change other values; nothing was written")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` so the proxy's reload loop sees the old file or the new one,
+    never half of either, and a crash cannot leave an empty file behind."""
+    if path.is_symlink():
+        raise EditError(
+            f"{path} is a symlink to {os.readlink(path)}: it is managed elsewhere "
+            "(a Kubernetes ConfigMap?); edit the source and apply it"
+        )
+    try:
+        original: os.stat_result | None = path.stat()
+    except FileNotFoundError:
+        original = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise EditError(f"cannot write {path}: {exc}") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
+            file.write(text)
+            file.flush()
+            if original is not None:
+                # A root-run CLI must not hand the operator's file over to root.
+                with contextlib.suppress(PermissionError):
+                    os.fchown(file.fileno(), original.st_uid, original.st_gid)
+            # mkstemp creates 0600: keep the file readable by whoever could read it before.
+            mode = stat.S_IMODE(original.st_mode) if original is not None else 0o644
+            os.fchmod(file.fileno(), mode)
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise EditError(f"cannot write {path}: {exc}") from exc
+        raise
+    # The rename itself is only durable once the directory entry is on disk.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+# --- finding and changing source spans -----------------------------------------------------
+
+
+def _compose(text: str, context: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise EditError(f"{context}: the file is not valid YAML: {_yaml_message(exc)}") from None
+
+
+def _lookup(mapping: yaml.MappingNode, key: str) -> tuple[yaml.Node, yaml.Node] | None:
+    """The last entry for `key`, as that is the one a YAML loader keeps."""
+    found = [(k, v) for k, v in mapping.value if k.tag == _STR_TAG and k.value == key]
+    return found[-1] if found else None
+
+
+def _replace_scalar(text: str, node: yaml.Node, rendered: str, dotted: str) -> str:
+    if not isinstance(node, yaml.ScalarNode):
+        raise EditError(f"cannot set {dotted}: it is {_kind(node)}, not a single value")
+    start = node.start_mark.index
+    # Block scalars (`|`, `>`) own their trailing line breaks; those must stay.
+    end = start + len(text[start : node.end_mark.index].rstrip())
+    if start == end:  # `key:` with nothing after it, or `{key}` in a flow mapping
+        rendered = (" " if text[start - 1 : start] == ":" else ": ") + rendered
+    return text[:start] + rendered + text[end:]
+
+
+def _insert_into(
+    text: str, mapping: yaml.MappingNode, keys: tuple[str, ...], value: object, step: int
+) -> str:
+    if mapping.flow_style:
+        close = mapping.end_mark.index - 1  # the `}`
+        head = text[:close].rstrip()
+        sep = "" if head.endswith("{") else " " if head.endswith(",") else ", "
+        return head + sep + _flow_entry(keys, value) + text[len(head) :]
+    indent = mapping.value[0][0].start_mark.column
+    return _insert_lines(text, _content_end(mapping), _block_lines(keys, value, indent, step))
+
+
+def _insert_under_null(
+    text: str,
+    parent: yaml.MappingNode,
+    key_node: yaml.Node,
+    null: yaml.ScalarNode,
+    keys: tuple[str, ...],
+    value: object,
+    step: int,
+) -> str:
+    """`section:` left empty (or `null`) is treated as an empty mapping."""
+    index = null.start_mark.index
+    if not parent.flow_style and index == null.end_mark.index:
+        lines = _block_lines(keys, value, key_node.start_mark.column + step, step)
+        return _insert_lines(text, index, lines)
+    return _replace_scalar(text, null, "{" + _flow_entry(keys, value) + "}", "")
+
+
+def _insert_lines(text: str, after: int, lines: list[str]) -> str:
+    """Insert whole lines after the line holding the last non-blank character before `after`."""
+    newline = "\r\n" if "\r\n" in text else "\n"
+    line_end = text.find("\n", len(text[:after].rstrip()))
+    block = newline.join(lines)
+    if line_end == -1:  # the last line, without a final newline: keep it without one
+        return text + newline + block
+    return text[: line_end + 1] + block + newline + text[line_end + 1 :]
+
+
+def _block_lines(keys: tuple[str, ...], value: object, indent: int, step: int) -> list[str]:
+    lines = [" " * (indent + i * step) + _render(key) + ":" for i, key in enumerate(keys)]
+    lines[-1] += " " + _render(value)
+    return lines
+
+
+def _flow_entry(keys: tuple[str, ...], value: object) -> str:
+    """`a: {b: value}` for keys (a, b)."""
+    return ": {".join(_render(key) for key in keys) + f": {_render(value)}" + "}" * (len(keys) - 1)
+
+
+def _content_end(node: yaml.Node) -> int:
+    """Where a block collection's last content ends (its end mark runs on past comments)."""
+    if isinstance(node, yaml.MappingNode) and not node.flow_style and node.value:
+        key, value = node.value[-1]
+        # An alias's node carries the marks of its anchor, possibly far above.
+        return max(int(key.end_mark.index), _content_end(value))
+    if isinstance(node, yaml.SequenceNode) and not node.flow_style and node.value:
+        return _content_end(node.value[-1])
+    return int(node.end_mark.index)
+
+
+def _indent_step(root: yaml.MappingNode) -> int:
+    """The file's own indentation step, for sections that have to be created."""
+    for key, value in root.value:
+        if isinstance(value, yaml.MappingNode) and not value.flow_style and value.value:
+            return max(1, int(value.value[0][0].start_mark.column - key.start_mark.column))
+    return 2
+
+
+def _render(value: object, style: str | None = None) -> str:
+    """A value as YAML that reads back as exactly that value, quoted only when needed."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ".nan" if math.isnan(value) else ".inf" if value > 0 else "-.inf"
+        if value.is_integer():
+            return str(int(value))  # 30, not 30.0: it is how people write percentages
+        text = repr(value)  # YAML 1.1 wants a dot in a float: 1e-05 would be a string
+        return text if "." in text else text.replace("e", ".0e")
+    if not isinstance(value, str):
+        raise EditError(f"cannot write a {type(value).__name__} value: {value!r}")
+    if style == "'" and "\n" not in value:
+        return "'" + value.replace("'", "''") + "'"
+    if style != '"':
+        # Dumped inside a flow list, so the result is also safe inside `{...}`.
+        dumped = yaml.safe_dump([value], default_flow_style=True, width=2**30, allow_unicode=True)
+        if "\n" not in dumped.strip():
+            return dumped.strip()[1:-1]
+    return json.dumps(value, ensure_ascii=False)  # JSON strings are double-quoted YAML
+
+
+# --- checking the result --------------------------------------------------------------------
+
+
+def _load(text: str, context: str) -> object:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise EditError(f"{context} is not valid YAML: {_yaml_message(exc)}") from None
+
+
+def _get(tree: object, path: tuple[str, ...]) -> object:
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return _MISSING
+        tree = tree[key]
+    return tree
+
+
+def _same(got: object, wanted: object) -> bool:
+    if isinstance(got, bool) != isinstance(wanted, bool):
+        return False  # True == 1 in Python, not in a config file
+    if isinstance(got, float) and isinstance(wanted, float) and math.isnan(got):
+        return math.isnan(wanted)
+    return bool(got == wanted)
+
+
+def _without(tree: object, path: tuple[str, ...]) -> object:
+    """`tree` minus `path`, dropping mappings on the path left empty (the edit may add them)."""
+    if not path or not isinstance(tree, dict) or path[0] not in tree:
+        return tree
+    out = dict(tree)
+    child = _without(out[path[0]], path[1:]) if len(path) > 1 else None
+    if child is None or child == {}:
+        del out[path[0]]
+    else:
+        out[path[0]] = child
+    return out
+
+
+def _kind(node: yaml.Node | None) -> str:
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG):
+        return "empty"
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return f"the value {node.value!r}"
+
+
+def _yaml_message(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return str(problem)
