@@ -91,7 +91,11 @@ def build_runtime(path: Path, config: Config) -> Runtime:
 
 
 async def serve(
-    path: Path, *, grace: float = DEFAULT_GRACE_SECONDS, poll_interval: float = POLL_INTERVAL
+    path: Path,
+    *,
+    grace: float = DEFAULT_GRACE_SECONDS,
+    poll_interval: float = POLL_INTERVAL,
+    on_ready: Callable[[], None] | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT, then drain: not ready, grace, stop accepting, finish."""
     config = load_config(path)
@@ -128,6 +132,8 @@ async def serve(
         path,
         _summary(config),
     )
+    if on_ready is not None:
+        on_ready()
     await stop.wait()
 
     runtime.draining = True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -117,11 +116,11 @@ async def run_demo(ports: DemoPorts) -> int:
             )
             return 2
         try:
-            serving = asyncio.create_task(serve(config_path, grace=0.0))
-            await asyncio.sleep(0.2)
-            if not serving.done():
-                print(banner(ports, config_path, text), flush=True)
-            return await serving
+            return await serve(
+                config_path,
+                grace=0.0,
+                on_ready=lambda: print(banner(ports, config_path, text), flush=True),
+            )
         finally:
             for runner in runners:
                 await runner.cleanup()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import stat
 import tempfile
@@ -37,30 +36,41 @@ def set_value(text: str, path: tuple[str, ...], value: bool | int | float | str 
     dotted = ".".join(path)
     if not path:
         raise EditError("cannot set a value: the key path is empty")
-    root = _compose(text, f"cannot set {dotted}")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise EditError(f"cannot set {dotted}: not valid YAML: {_yaml_message(exc)}") from None
     if not isinstance(root, yaml.MappingNode):
         raise EditError(f"cannot set {dotted}: the document is {_kind(root)}, not a mapping")
     step = _indent_step(root)
-    node: yaml.MappingNode = root
+    node, new = root, text
     for depth, key in enumerate(path):
-        rest = path[depth:]
         found = _lookup(node, key)
         if found is None:
-            new = _insert_into(text, node, rest, value, step)
+            new = _insert_into(text, node, path[depth:], value, step)
             break
         key_node, child = found
-        if depth == len(path) - 1:
-            new = _replace_scalar(
-                text, child, _render(value, getattr(child, "style", None)), dotted
-            )
-            break
-        if isinstance(child, yaml.ScalarNode) and child.tag == _NULL_TAG:
-            new = _insert_under_null(text, node, key_node, child, rest[1:], value, step)
-            break
-        if not isinstance(child, yaml.MappingNode):
-            where = ".".join(path[: depth + 1])
-            raise EditError(f"cannot set {dotted}: {where} is {_kind(child)}, not a mapping")
-        node = child
+        rest, where = path[depth + 1 :], ".".join(path[: depth + 1])
+        if child.start_mark.index < key_node.end_mark.index:  # its marks are the anchor's
+            raise EditError(f"cannot set {dotted}: {where} is an alias; edit its anchor instead")
+        if not rest and isinstance(child, yaml.ScalarNode):
+            new = _replace_scalar(text, child, _render(value, child.style))
+        elif isinstance(child, yaml.ScalarNode) and child.tag == _NULL_TAG:
+            # `section:` left empty (or `null`) counts as an empty mapping.
+            if node.flow_style or child.start_mark.index != child.end_mark.index:
+                new = _replace_scalar(text, child, "{" + _flow_entry(rest, value) + "}")
+            else:
+                indent = key_node.start_mark.column + step
+                new = _insert_lines(
+                    text, child.end_mark.index, _block_lines(rest, value, indent, step)
+                )
+        elif isinstance(child, yaml.MappingNode) and rest:
+            node = child
+            continue
+        else:
+            wanted = "a mapping" if rest else "a single value"
+            raise EditError(f"cannot set {dotted}: {where} is {_kind(child)}, not {wanted}")
+        break
     verify_edit(text, new, path, value)
     return new
 
@@ -86,49 +96,32 @@ def write_atomically(path: Path, text: str) -> None:
             f"{path} is a symlink to {os.readlink(path)}: it is managed elsewhere "
             "(a Kubernetes ConfigMap?); edit the source and apply it"
         )
-    try:
-        original: os.stat_result | None = path.stat()
-    except FileNotFoundError:
-        original = None
+    original = path.stat() if path.exists() else None
+    tmp = ""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise EditError(f"cannot write {path}: {exc}") from exc
-    try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
             file.write(text)
             file.flush()
-            if original is not None:
-                # A root-run CLI must not hand the operator's file over to root.
+            if original is not None:  # a CLI run as root must not take the file over
                 with contextlib.suppress(PermissionError):
                     os.fchown(file.fileno(), original.st_uid, original.st_gid)
             # mkstemp creates 0600: keep the file readable by whoever could read it before.
-            mode = stat.S_IMODE(original.st_mode) if original is not None else 0o644
-            os.fchmod(file.fileno(), mode)
+            os.fchmod(file.fileno(), stat.S_IMODE(original.st_mode) if original else 0o644)
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise EditError(f"cannot write {path}: {exc}") from exc
-        raise
-    # The rename itself is only durable once the directory entry is on disk.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        # The rename itself is only durable once the directory entry is on disk.
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise EditError(f"cannot write {path}: {exc}") from exc
     finally:
-        os.close(dir_fd)
-
-
-# --- finding and changing source spans -----------------------------------------------------
-
-
-def _compose(text: str, context: str) -> yaml.Node | None:
-    try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        raise EditError(f"{context}: the file is not valid YAML: {_yaml_message(exc)}") from None
+        if tmp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 def _lookup(mapping: yaml.MappingNode, key: str) -> tuple[yaml.Node, yaml.Node] | None:
@@ -137,14 +130,18 @@ def _lookup(mapping: yaml.MappingNode, key: str) -> tuple[yaml.Node, yaml.Node] 
     return found[-1] if found else None
 
 
-def _replace_scalar(text: str, node: yaml.Node, rendered: str, dotted: str) -> str:
-    if not isinstance(node, yaml.ScalarNode):
-        raise EditError(f"cannot set {dotted}: it is {_kind(node)}, not a single value")
+def _replace_scalar(text: str, node: yaml.ScalarNode, rendered: str) -> str:
     start = node.start_mark.index
     # Block scalars (`|`, `>`) own their trailing line breaks; those must stay.
     end = start + len(text[start : node.end_mark.index].rstrip())
     if start == end:  # `key:` with nothing after it, or `{key}` in a flow mapping
         rendered = (" " if text[start - 1 : start] == ":" else ": ") + rendered
+    gap = 0
+    while text[end + gap : end + gap + 1] == " ":
+        gap += 1
+    if text[end + gap : end + gap + 1] == "#":  # keep an aligned comment where it was
+        rendered += " " * max(1, gap + end - start - len(rendered))
+        end += gap
     return text[:start] + rendered + text[end:]
 
 
@@ -158,23 +155,6 @@ def _insert_into(
         return head + sep + _flow_entry(keys, value) + text[len(head) :]
     indent = mapping.value[0][0].start_mark.column
     return _insert_lines(text, _content_end(mapping), _block_lines(keys, value, indent, step))
-
-
-def _insert_under_null(
-    text: str,
-    parent: yaml.MappingNode,
-    key_node: yaml.Node,
-    null: yaml.ScalarNode,
-    keys: tuple[str, ...],
-    value: object,
-    step: int,
-) -> str:
-    """`section:` left empty (or `null`) is treated as an empty mapping."""
-    index = null.start_mark.index
-    if not parent.flow_style and index == null.end_mark.index:
-        lines = _block_lines(keys, value, key_node.start_mark.column + step, step)
-        return _insert_lines(text, index, lines)
-    return _replace_scalar(text, null, "{" + _flow_entry(keys, value) + "}", "")
 
 
 def _insert_lines(text: str, after: int, lines: list[str]) -> str:
@@ -226,8 +206,6 @@ def _render(value: object, style: str | None = None) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        if not math.isfinite(value):
-            return ".nan" if math.isnan(value) else ".inf" if value > 0 else "-.inf"
         if value.is_integer():
             return str(int(value))  # 30, not 30.0: it is how people write percentages
         text = repr(value)  # YAML 1.1 wants a dot in a float: 1e-05 would be a string
@@ -242,9 +220,6 @@ def _render(value: object, style: str | None = None) -> str:
         if "\n" not in dumped.strip():
             return dumped.strip()[1:-1]
     return json.dumps(value, ensure_ascii=False)  # JSON strings are double-quoted YAML
-
-
-# --- checking the result --------------------------------------------------------------------
 
 
 def _load(text: str, context: str) -> object:
@@ -265,8 +240,6 @@ def _get(tree: object, path: tuple[str, ...]) -> object:
 def _same(got: object, wanted: object) -> bool:
     if isinstance(got, bool) != isinstance(wanted, bool):
         return False  # True == 1 in Python, not in a config file
-    if isinstance(got, float) and isinstance(wanted, float) and math.isnan(got):
-        return math.isnan(wanted)
     return bool(got == wanted)
 
 
@@ -284,18 +257,15 @@ def _without(tree: object, path: tuple[str, ...]) -> object:
 
 
 def _kind(node: yaml.Node | None) -> str:
-    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG):
-        return "empty"
     if isinstance(node, yaml.MappingNode):
         return "a mapping"
     if isinstance(node, yaml.SequenceNode):
         return "a list"
-    return f"the value {node.value!r}"
+    return "empty" if node is None or node.tag == _NULL_TAG else f"the value {node.value!r}"
 
 
 def _yaml_message(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    if mark is not None:
-        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
-    return str(problem)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    what = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+    return (", ".join(part for part in what if part) or str(exc)) + where
