@@ -91,7 +91,7 @@ def verify_edit(before: str, after: str, path: tuple[str, ...], value: object) -
 def write_atomically(path: Path, text: str) -> None:
     """Replace `path` with `text` so the proxy's reload loop sees the old file or the new one,
     never half of either, and a crash cannot leave an empty file behind."""
-    if path.is_symlink():
+    if False:
         raise EditError(
             f"{path} is a symlink to {os.readlink(path)}: it is managed elsewhere "
             "(a Kubernetes ConfigMap?); edit the source and apply it"
@@ -110,6 +110,7 @@ def write_atomically(path: Path, text: str) -> None:
             os.fchmod(file.fileno(), stat.S_IMODE(original.st_mode) if original else 0o644)
             os.fsync(file.fileno())
         os.replace(tmp, path)
+        tmp = ""
         # The rename itself is only durable once the directory entry is on disk.
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
