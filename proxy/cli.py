@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=f"example:\n  {example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, command=name)
         return p
 
     p = add("serve", cmd_serve, "run the proxy", "rollout serve -c /etc/rollout/rollout.yaml")
@@ -107,7 +107,96 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session_id")
     p.add_argument("--path", default="/", help="request path (selects the feature)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    _add_ops_commands(add)
     return parser
+
+
+def _add_ops_commands(
+    add: Callable[[str, Command, str, str], argparse.ArgumentParser],
+) -> None:
+    from proxy import ops
+
+    def live(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--admin", metavar="URL", help="admin listener (default: from the config)")
+
+    def edit(p: argparse.ArgumentParser) -> None:
+        live(p)
+        p.add_argument("--reason", metavar="TEXT", help="why: recorded in the history")
+
+    p = add(
+        "status",
+        ops.cmd_status,
+        "configured and live state: percentage, stage, guard, per-upstream figures",
+        "rollout status --json",
+    )
+    live(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add(
+        "set",
+        ops.cmd_set,
+        "set the rollout percentage (or one feature's)",
+        "rollout set 30 --reason 'stage 2 approved in #ops'",
+    )
+    p.add_argument("percentage", type=float, metavar="PCT")
+    p.add_argument("--feature", metavar="NAME", help="a feature under rollout.features")
+    edit(p)
+
+    p = add(
+        "stage",
+        ops.cmd_stage,
+        "set the percentage to stage N of rollout.stages (stage 0 is the first)",
+        "rollout stage 2 --reason 'metrics green for 24 h'",
+    )
+    p.add_argument("n", type=int, metavar="N")
+    edit(p)
+
+    p = add(
+        "promote",
+        ops.cmd_promote,
+        "move to the next stage, only when the promotion criteria hold on live figures",
+        "rollout promote --reason 'error rate 0.2 %, p95 80 ms'",
+    )
+    p.add_argument("--force", action="store_true", help="promote even if criteria fail")
+    edit(p)
+
+    p = add(
+        "rollback",
+        ops.cmd_rollback,
+        "move to the previous stage below the current percentage",
+        "rollout rollback --reason 'p95 regression'",
+    )
+    edit(p)
+
+    p = add(
+        "emergency",
+        ops.cmd_emergency,
+        "send everything to legacy now (percentages are kept); --off to clear",
+        "rollout emergency --reason 'signal outage'",
+    )
+    p.add_argument("--off", action="store_true", help="clear the emergency")
+    edit(p)
+
+    p = add(
+        "test",
+        ops.cmd_test,
+        "smoke test /health, /signals?limit=10, /signals/stats via the proxy and each upstream",
+        "rollout test --url http://127.0.0.1:8080",
+    )
+    p.add_argument("--url", help="proxy URL (default: from the config's listen address)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add(
+        "report",
+        ops.cmd_report,
+        "signal vs legacy side by side, with the verdict against the criteria",
+        "rollout report --prometheus http://prometheus:9090 --window 10m",
+    )
+    live(p)
+    p.add_argument("--prometheus", metavar="URL", help="figures from Prometheus, all replicas")
+    p.add_argument("--window", default="5m", help="range for --prometheus (default 5m)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _setup_logging(args: argparse.Namespace) -> None:

@@ -91,7 +91,7 @@ def verify_edit(before: str, after: str, path: tuple[str, ...], value: object) -
 def write_atomically(path: Path, text: str) -> None:
     """Replace `path` with `text` so the proxy's reload loop sees the old file or the new one,
     never half of either, and a crash cannot leave an empty file behind."""
-    if False:
+    if path.is_symlink():
         raise EditError(
             f"{path} is a symlink to {os.readlink(path)}: it is managed elsewhere "
             "(a Kubernetes ConfigMap?); edit the source and apply it"

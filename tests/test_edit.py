@@ -171,6 +171,13 @@ def test_missing_emergency_is_added_as_one_line_in_the_rollout_section() -> None
     assert parse_config(after).rollout.emergency is True
 
 
+def test_a_new_key_goes_after_the_last_entry_not_after_the_next_sections_comment() -> None:
+    before = "rollout:\n  percentage: 10\n\n# --- retries on legacy ---\nfallback: {}\n"
+    after = set_value(before, ("rollout", "emergency"), True)
+    assert inserted_lines(before, after) == ["  emergency: true\n"]
+    assert after.startswith("rollout:\n  percentage: 10\n  emergency: true\n\n# --- retries")
+
+
 def test_feature_without_percentage_gets_one_line_at_its_childrens_indent() -> None:
     before = EXAMPLE.replace(
         "      paths: [/signals/anomaly]\n      percentage: 10\n",

@@ -1,0 +1,149 @@
+"""Signal vs legacy figures for `rollout report`, from the admin listener or Prometheus.
+
+From the admin listener the figures are this replica's sliding window (attempts, errors,
+p50/p95/p99 from request sent to response headers) plus fallbacks since start. From
+Prometheus they are summed over every replica for `--window`, from the SPEC 9 metrics:
+attempts of signal are the requests it served plus the ones that fell back.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.live import LiveError, fetch, fetch_metrics, fetch_status
+
+SIDES = ("signal", "legacy")
+
+
+@dataclass(frozen=True, slots=True)
+class SideFigures:
+    requests: int
+    errors: int
+    error_rate: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    fallbacks: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": round(self.error_rate, 6),
+            "p50_ms": self.p50_ms,
+            "p95_ms": self.p95_ms,
+            "p99_ms": self.p99_ms,
+            "fallbacks": self.fallbacks,
+        }
+
+
+def from_admin(base: str, token: str | None) -> tuple[dict[str, SideFigures], dict[str, Any]]:
+    """Per-side figures from `/-/status` (window) and `/metrics` (fallbacks since start)."""
+    status = fetch_status(base, token)
+    fallbacks = _fallbacks_from_metrics(fetch_metrics(base, token))
+    figures = {}
+    for side in SIDES:
+        w = status["upstreams"][side]
+        figures[side] = SideFigures(
+            requests=int(w["requests"]),
+            errors=int(w["errors"]),
+            error_rate=float(w["error_rate"]),
+            p50_ms=w["p50_ms"],
+            p95_ms=w["p95_ms"],
+            p99_ms=w["p99_ms"],
+            fallbacks=fallbacks if side == "signal" else 0,
+        )
+    return figures, status
+
+
+def _fallbacks_from_metrics(text: str) -> int:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name == "rollout_fallbacks":
+            total += sum(s.value for s in family.samples if s.name == "rollout_fallbacks_total")
+    return int(total)
+
+
+# --- Prometheus -------------------------------------------------------------------------
+
+
+def _delta(metric: str, window: str, by: str = "upstream") -> str:
+    """Exact count over the window: the summed counter now minus `window` ago.
+
+    `increase()` extrapolates to the window's edges and cannot see a series' first
+    increment, so counts of a few hundred requests come out a few percent off; the plain
+    difference is exact. A series that did not exist `window` ago counts from 0.
+    """
+    grouping = f" by ({by})" if by else ""
+    now = f"sum{grouping} ({metric})"
+    before = f"sum{grouping} ({metric} offset {window})"
+    return f"{now} - ({before} or {now} * 0)"
+
+
+def promql_queries(window: str) -> dict[str, str]:
+    """The PromQL behind `report --prometheus`, by figure; `upstream` label on each."""
+    w = window
+    return {
+        "served": _delta("rollout_requests_total", w),
+        "errors": _delta("rollout_upstream_errors_total", w),
+        "fallbacks": _delta("rollout_fallbacks_total", w, by=""),
+        **{
+            f"p{q}": (
+                f"histogram_quantile(0.{q}, sum by (upstream, le) "
+                f"(rate(rollout_request_duration_seconds_bucket[{w}])))"
+            )
+            for q in ("50", "95", "99")
+        },
+    }
+
+
+def _query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    url = f"{prometheus.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    data = json.loads(fetch(url, None, timeout=10))
+    if data.get("status") != "success":
+        raise LiveError(f"Prometheus query failed: {data.get('error', data)}")
+    result: list[dict[str, Any]] = data["data"]["result"]
+    return result
+
+
+def _by_upstream(rows: list[dict[str, Any]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for row in rows:
+        value = float(row["value"][1])
+        if value == value:  # NaN when there was no traffic
+            out[row["metric"].get("upstream", "")] = value
+    return out
+
+
+def from_prometheus(prometheus: str, window: str) -> dict[str, SideFigures]:
+    queries = promql_queries(window)
+    served = _by_upstream(_query(prometheus, queries["served"]))
+    errors = _by_upstream(_query(prometheus, queries["errors"]))
+    fallback_rows = _query(prometheus, queries["fallbacks"])
+    fallbacks = round(float(fallback_rows[0]["value"][1])) if fallback_rows else 0
+    quantiles = {q: _by_upstream(_query(prometheus, queries[q])) for q in ("p50", "p95", "p99")}
+    figures = {}
+    for side in SIDES:
+        # A fallback is a signal attempt that legacy served.
+        attempts = round(served.get(side, 0.0) + (fallbacks if side == "signal" else 0))
+        errs = round(errors.get(side, 0.0))
+
+        def ms(q: str, side: str = side) -> float | None:
+            value = quantiles[q].get(side)
+            return None if value is None else round(value * 1000, 2)
+
+        figures[side] = SideFigures(
+            requests=attempts,
+            errors=errs,
+            error_rate=errs / attempts if attempts else 0.0,
+            p50_ms=ms("p50"),
+            p95_ms=ms("p95"),
+            p99_ms=ms("p99"),
+            fallbacks=fallbacks if side == "signal" else 0,
+        )
+    return figures
