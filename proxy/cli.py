@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -15,6 +14,7 @@ from pathlib import Path
 from proxy import __version__
 from proxy.config import Config, as_mapping, load_config, resolve_config_path
 from proxy.errors import ConfigError
+from proxy.logs import setup_logging
 from proxy.routing import choose_upstream, threshold
 
 EXIT_OK = 0
@@ -205,12 +205,7 @@ def _add_ops_commands(
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(verbose=bool(getattr(args, "verbose", False)))
 
 
 def _config_path(args: argparse.Namespace) -> Path:
