@@ -28,7 +28,7 @@ import yaml
 from tests.support import HOST, free_port
 
 PROMETHEUS_BIN = shutil.which("prometheus") or "/usr/bin/prometheus"
-JOB = "rollout"
+JOB = "rollout-proxy"  # the job name the alert rules select on
 SCRAPE_INTERVAL_S = 1.0
 
 
