@@ -597,7 +597,7 @@ def _build_features(s: _Section) -> tuple[Feature, ...]:
             continue
         sub = s.section(name)
         paths = sub.get_list("paths", str, (), _path_prefix)
-        if not sub.has("paths") or not paths:
+        if not sub.data.get("paths"):  # absent, null or []; bad items are reported above
             sub.error("paths", "must list at least one path prefix such as /signals/anomaly")
         for p in paths:
             if p in owner:

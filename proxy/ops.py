@@ -160,6 +160,7 @@ def _apply_edit(
     config: Config,
     forced: bool = False,
     live: dict[str, Any] | None = None,
+    live_checked: bool = False,
 ) -> int:
     """Validate, write atomically, record history. Any refusal leaves the file untouched."""
     path = _path(args)
@@ -182,7 +183,7 @@ def _apply_edit(
     except EditError as exc:
         con.error(f"refused: {exc} ({path} unchanged)")
         return EXIT_USAGE
-    if live is None:
+    if live is None and not live_checked:
         live = _live(config, args)
     record(
         path,
@@ -272,6 +273,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
     else:
         verdict = judge(_signal_figures(live), config.promotion, config.guard)
         blocked = []
+        served = live["percentages"]["default"]
+        if served != r.percentage:
+            blocked.append(
+                f"the proxy serves {served:g} %, not the file's {r.percentage:g} %: its "
+                "figures are no evidence for this stage yet (wait for the reload)"
+            )
         if live["guard"]["tripped"]:
             blocked.append(f"the guard is tripped: {live['guard']['reason']}")
         if r.emergency:
@@ -301,6 +308,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
         config=config,
         forced=bool(args.force),
         live=live,
+        live_checked=True,
     )
 
 

@@ -981,3 +981,21 @@ def test_smoke_test_without_anything_running_fails(rollout: Rollout, tmp_path: P
     assert doc["ok"] is False
     assert len(doc["checks"]) == 9
     assert not any(ch["ok"] for ch in doc["checks"])
+
+
+async def test_promote_refuses_figures_from_a_percentage_the_proxy_has_not_applied(
+    apis: tuple[Any, Any],
+    serve_proxy: Callable[..., ProxyProcess],
+    rollout: Rollout,
+) -> None:
+    signal, legacy = apis
+    # No watcher: the proxy keeps serving 10 % after the file moves to 12 %.
+    proxy = serve_proxy(live_config(server_url(signal), server_url(legacy)), "--poll-interval", "0")
+    c = ("-c", str(proxy.config_path))
+    assert await drive(proxy, "qa-tester-1", 25) == "signal"
+    assert (await in_thread(rollout, "set", "12", *c)).code == 0
+    before = proxy.config_path.read_bytes()
+    run = await in_thread(rollout, "promote", *c)
+    assert run.code == 1, run.text
+    assert "the proxy serves 10 %, not the file's 12 %" in run.out
+    assert proxy.config_path.read_bytes() == before

@@ -707,3 +707,15 @@ def test_resolve_config_path_default(monkeypatch: pytest.MonkeyPatch, env: str |
     else:
         monkeypatch.setenv("ROLLOUT_CONFIG", env)
     assert resolve_config_path(None) == Path("config/rollout.yaml")
+
+
+def test_one_bad_feature_path_is_one_problem() -> None:
+    text = (
+        "upstreams: {signal: {url: http://a}, legacy: {url: http://b}}\n"
+        "rollout: {features: {anomalyDetection: {paths: [/signals/anomaly, signals/x]}}}\n"
+    )
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text)
+    assert exc.value.problems == [
+        "rollout.features.anomalyDetection.paths[1]: 'signals/x' does not start with '/'"
+    ]
