@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,10 +21,26 @@ import yaml
 HOST = "127.0.0.1"
 
 
+_rng = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    """A free port below the ephemeral range (32768+).
+
+    A port from bind(0) is an ephemeral one; while the server is still starting, a client
+    polling it can be given that same number as its source port and connect to itself
+    (TCP simultaneous open), which then makes the server's bind fail. Ports outside the
+    ephemeral range are never chosen as source ports.
+    """
+    for _ in range(200):
+        port = _rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def config_dict(signal_url: str, legacy_url: str, **sections: Any) -> dict[str, Any]:
