@@ -1,7 +1,7 @@
 """Wiring: the public and admin applications, their lifecycles, and `serve()`.
 
-Lifecycles live in `cleanup_ctx`: the pooled `ClientSession` and the config watcher are
-created when the public app starts and closed when it stops.
+The public side is aiohttp's low-level `web.Server` (no router: every request is
+proxied); its lifecycle (config watcher, connection pools) is the `running()` context.
 """
 
 from __future__ import annotations
@@ -13,16 +13,14 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
 from proxy import __version__
 from proxy.admin import create_admin_app
 from proxy.config import Config, load_config
-from proxy.forward import SKIP_AUTO_HEADERS
-from proxy.gateway import handle
+from proxy.gateway import make_handler
 from proxy.reload import POLL_INTERVAL, reload_now, watch
-from proxy.runtime import RUNTIME, Runtime
+from proxy.runtime import Runtime
 from proxy.store import ConfigStore
 
 log = logging.getLogger("rollout")
@@ -31,59 +29,31 @@ log = logging.getLogger("rollout")
 # endpoints stop sending new connections before they would be refused.
 DEFAULT_GRACE_SECONDS = 1.0
 
-# Close idle upstream connections before a typical upstream's own keep-alive timeout
-# (nginx 75 s, aiohttp 75 s, gunicorn 2 s is the outlier), so we rarely reuse a dead one.
-UPSTREAM_KEEPALIVE_SECONDS = 15.0
+
+def create_server(runtime: Runtime) -> web.Server:
+    """The public server: aiohttp's low-level server around the gateway handler."""
+    # auto_decompress off: a gzip request body is forwarded as the bytes the client sent.
+    return web.Server(make_handler(runtime), max_field_size=16384, auto_decompress=False)
 
 
-def create_client_session() -> aiohttp.ClientSession:
-    """One pool for both upstreams: no decompression, no cookies, no invented headers."""
-    connector = aiohttp.TCPConnector(
-        limit=0,  # never queue behind a pool limit: a queue would look like a slow signal
-        keepalive_timeout=UPSTREAM_KEEPALIVE_SECONDS,
-        ttl_dns_cache=10,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=SKIP_AUTO_HEADERS,
-        timeout=aiohttp.ClientTimeout(total=None),
-    )
+@contextlib.asynccontextmanager
+async def running(runtime: Runtime, *, poll_interval: float) -> AsyncIterator[None]:
+    """The process's background work: the config watcher; pools are closed at the end.
 
-
-def create_app(runtime: Runtime, *, poll_interval: float = POLL_INTERVAL) -> web.Application:
-    """The public application: every path and method is proxied.
-
-    `poll_interval` 0 turns the file watcher off (reload then only on SIGHUP or
+    `poll_interval` 0 turns the watcher off (reload then only on SIGHUP or
     `POST /-/reload`).
     """
-    # auto_decompress off: a gzip request body is forwarded as the bytes the client sent.
-    app = web.Application(handler_args={"max_field_size": 16384, "auto_decompress": False})
-    app[RUNTIME] = runtime
-    app.router.add_route("*", "/{tail:.*}", handle)
-    app.cleanup_ctx.append(_client_session_ctx)
+    task = None
     if poll_interval > 0:
-        app.cleanup_ctx.append(_watch_ctx(poll_interval))
-    return app
-
-
-async def _client_session_ctx(app: web.Application) -> AsyncIterator[None]:
-    runtime = app[RUNTIME]
-    runtime.client = create_client_session()
-    yield
-    await runtime.client.close()
-
-
-def _watch_ctx(interval: float) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(watch(app[RUNTIME], interval), name="config-watch")
+        task = asyncio.create_task(watch(runtime, poll_interval), name="config-watch")
+    try:
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return ctx
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        runtime.close_pools()
 
 
 def build_runtime(path: Path, config: Config) -> Runtime:
@@ -100,10 +70,8 @@ async def serve(
     """Run until SIGTERM/SIGINT, then drain: not ready, grace, stop accepting, finish."""
     config = load_config(path)
     runtime = build_runtime(path, config)
-    public_runner = web.AppRunner(
-        create_app(runtime, poll_interval=poll_interval),
-        access_log=None,
-        shutdown_timeout=config.timeouts.total + 1,
+    public_runner = web.ServerRunner(
+        create_server(runtime), shutdown_timeout=config.timeouts.total + 1
     )
     admin_runner = web.AppRunner(create_admin_app(runtime), access_log=None)
     await public_runner.setup()
@@ -117,6 +85,21 @@ async def serve(
         await admin_runner.cleanup()
         return 2
 
+    async with running(runtime, poll_interval=poll_interval):
+        return await _serve_until_stopped(
+            runtime, config, path, grace, on_ready, public_runner, admin_runner
+        )
+
+
+async def _serve_until_stopped(
+    runtime: Runtime,
+    config: Config,
+    path: Path,
+    grace: float,
+    on_ready: Callable[[], None] | None,
+    public_runner: web.BaseRunner,
+    admin_runner: web.BaseRunner,
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -47,10 +47,18 @@ class AdminConfig:
 class Upstream:
     name: str
     url: str
+    # Derived once here, not per request: what the connection pool and `Host` need.
+    host: str = field(init=False, compare=False)
+    port: int = field(init=False, compare=False)
+    tls: bool = field(init=False, compare=False)
+    authority: str = field(init=False, compare=False)
 
-    @property
-    def origin(self) -> URL:
-        return URL(self.url)
+    def __post_init__(self) -> None:
+        url = URL(self.url) if self.url else URL("http://invalid")
+        object.__setattr__(self, "host", url.raw_host or "")
+        object.__setattr__(self, "port", url.port or 80)
+        object.__setattr__(self, "tls", url.scheme == "https")
+        object.__setattr__(self, "authority", url.raw_authority)
 
 
 @dataclass(frozen=True, slots=True)

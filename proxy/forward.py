@@ -1,29 +1,23 @@
 """One attempt against one upstream: headers in and out, bodies, and error translation.
 
-The proxy never follows redirects, never decompresses, never lets the client library add
-headers of its own, and builds the upstream URL from the configured origin plus the
-client's raw target, so the request line or `Host` can never point it elsewhere.
+The proxy never follows redirects, never decompresses, never invents headers, and builds
+the request from the configured upstream plus the client's raw target, so the request
+line or `Host` can never point it elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import aiohttp
-from aiohttp import web
+from aiohttp import StreamReader, web
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from proxy.config import Upstream
-from proxy.errors import (
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamResetError,
-    UpstreamTimeoutError,
-)
+from proxy.errors import UpstreamError, UpstreamResetError, UpstreamTimeoutError
+from proxy.upstream import Pool, UpstreamResponse, build_head
 
 # RFC 9110 section 7.6.1, plus the legacy Keep-Alive / Proxy-Connection.
 HOP_BY_HOP = frozenset(
@@ -40,70 +34,29 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# Headers aiohttp's client would otherwise invent; a proxy forwards only what it was sent.
-SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+# Request headers the proxy replaces or answers itself: `Expect: 100-continue` was
+# answered by our server when the body was read; framing headers are set for the body
+# actually sent; the forwarding headers are rebuilt.
+_REPLACED = frozenset(
+    {"host", "expect", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+)
+
+# Methods whose empty body is still announced with `Content-Length: 0` (RFC 9110 8.6).
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 _READ_CHUNK = 64 * 1024
 
 
-def _dropped_names(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
+def _dropped_names(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
     """Hop-by-hop names, including every header the `Connection` header lists."""
     named = {
         token.strip().lower()
-        for value in headers.getall("Connection", ())
+        for name, value in headers
+        if name.lower() == "connection"
         for token in value.split(",")
         if token.strip()
     }
     return HOP_BY_HOP | named if named else HOP_BY_HOP
-
-
-def upstream_request_headers(
-    request: web.BaseRequest,
-    upstream: Upstream,
-    *,
-    body_streamed: bool,
-    extra: dict[str, str] | None = None,
-) -> CIMultiDict[str]:
-    """The client's headers as the upstream should see them (SPEC 4)."""
-    incoming = request.headers
-    dropped = _dropped_names(incoming)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        lower = name.lower()
-        if lower in dropped or lower == "host":
-            continue
-        if lower == "content-length" and not body_streamed:
-            continue  # the client library sets it from the buffered body
-        if lower in ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"):
-            continue
-        out.add(name, value)
-    peer = request.remote or ""
-    prior = ", ".join(incoming.getall("X-Forwarded-For", ()))
-    out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    out["X-Forwarded-Proto"] = request.scheme
-    if request.host:
-        out["X-Forwarded-Host"] = incoming.get("Host", request.host)
-    origin = upstream.origin
-    out["Host"] = origin.raw_authority  # the upstream's own, as nginx does
-    if extra:
-        out.update(extra)
-    return out
-
-
-def client_response_headers(upstream_headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """The upstream's response headers minus hop-by-hop ones."""
-    dropped = _dropped_names(upstream_headers)
-    return CIMultiDict((k, v) for k, v in upstream_headers.items() if k.lower() not in dropped)
-
-
-def upstream_url(upstream: Upstream, request: web.BaseRequest) -> URL:
-    """Configured origin + the client's path and query, byte for byte."""
-    target = request.raw_path
-    if not target.startswith("/"):
-        # Absolute-form request line (`GET http://other.host/x`): keep only path and
-        # query; the host part is never used.
-        target = request.rel_url.raw_path_qs or "/"
-    return URL(upstream.url + target, encoded=True)
 
 
 @dataclass(slots=True)
@@ -112,19 +65,20 @@ class RequestBody:
 
     data: bytes | None
     prefix: list[bytes]
-    stream: aiohttp.StreamReader | None
+    stream: StreamReader | None
+    length: int | None  # declared Content-Length of a streamed body
 
     @property
     def buffered(self) -> bool:
         return self.stream is None
 
     def payload(self) -> bytes | AsyncIterator[bytes] | None:
-        """What to hand to the client library; a fresh iterator per attempt."""
+        """What to send; a fresh iterator per attempt (only unconsumed streams are replayed)."""
         if self.stream is None:
             return self.data
         return self._iterate(self.stream)
 
-    async def _iterate(self, stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    async def _iterate(self, stream: StreamReader) -> AsyncIterator[bytes]:
         for chunk in self.prefix:
             yield chunk
         async for chunk in stream.iter_chunked(_READ_CHUNK):
@@ -134,65 +88,114 @@ class RequestBody:
 async def read_body(request: web.BaseRequest, max_buffered: int) -> RequestBody:
     """Buffer up to `max_buffered` bytes so the request can be replayed; stream beyond."""
     if not request.body_exists:
-        return RequestBody(None, [], None)
+        return RequestBody(None, [], None, None)
     length = request.content_length
     if length is not None and length > max_buffered:
-        return RequestBody(None, [], request.content)
+        return RequestBody(None, [], request.content, length)
     chunks: list[bytes] = []
     size = 0
     while True:
         chunk = await request.content.readany()
         if not chunk:
-            return RequestBody(b"".join(chunks), [], None)
+            return RequestBody(b"".join(chunks), [], None, None)
         chunks.append(chunk)
         size += len(chunk)
         if size > max_buffered:
-            return RequestBody(None, chunks, request.content)
+            return RequestBody(None, chunks, request.content, length)
+
+
+def request_head(
+    request: web.BaseRequest,
+    upstream: Upstream,
+    body: RequestBody,
+    extra: dict[str, str] | None = None,
+) -> tuple[bytes, bool]:
+    """The request line and headers for the upstream (SPEC 4), and whether to chunk."""
+    incoming = request.headers
+    items = list(incoming.items())
+    dropped = _dropped_names(items)
+    out = [
+        (name, value)
+        for name, value in items
+        if (lower := name.lower()) not in dropped
+        and lower not in _REPLACED
+        and not (extra and name in extra)
+    ]
+    peer = request.remote or ""
+    prior = ", ".join(incoming.getall("X-Forwarded-For", ()))
+    out.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
+    out.append(("X-Forwarded-Proto", request.scheme))
+    host = incoming.get("Host")
+    if host:
+        out.append(("X-Forwarded-Host", host))
+    out.append(("Host", upstream.authority))
+    if extra:
+        out.extend(extra.items())
+
+    chunked = False
+    if body.stream is not None:
+        if body.length is not None:
+            framing: str | None = f"Content-Length: {body.length}"
+        else:
+            framing, chunked = "Transfer-Encoding: chunked", True
+    elif body.data:
+        framing = f"Content-Length: {len(body.data)}"
+    elif request.method in _BODY_METHODS or body.data is not None:
+        framing = "Content-Length: 0"
+    else:
+        framing = None
+    return build_head(request.method, upstream_target(request), out, framing), chunked
+
+
+def upstream_target(request: web.BaseRequest) -> str:
+    """The client's path and query, byte for byte."""
+    target = request.raw_path
+    if not target.startswith("/"):
+        # Absolute-form request line (`GET http://other.host/x`): keep only path and
+        # query; the host part is never used.
+        target = request.rel_url.raw_path_qs or "/"
+    return target
+
+
+def client_response_headers(upstream_headers: list[tuple[str, str]]) -> CIMultiDict[str]:
+    """The upstream's response headers minus hop-by-hop ones."""
+    dropped = _dropped_names(upstream_headers)
+    return CIMultiDict((k, v) for k, v in upstream_headers if k.lower() not in dropped)
 
 
 @contextmanager
 def translate_errors(upstream: str) -> Iterator[None]:
-    """aiohttp / asyncio exceptions -> our `UpstreamError` tree, in one place."""
+    """Timeouts and socket errors -> our `UpstreamError` tree, in one place."""
     try:
         yield
     except UpstreamError:
         raise
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise UpstreamConnectError(upstream, "connect timeout") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamConnectError(upstream, str(exc.os_error) or "connect failed") from exc
-    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+    except TimeoutError as exc:
         raise UpstreamTimeoutError(upstream, "no response in time") from exc
-    except aiohttp.ServerDisconnectedError as exc:
-        raise UpstreamResetError(upstream, "server disconnected") from exc
-    except aiohttp.ClientOSError as exc:
-        raise UpstreamResetError(upstream, str(exc.strerror or exc)) from exc
-    except aiohttp.ClientResponseError as exc:
-        raise UpstreamResetError(upstream, f"invalid response: {exc.message}") from exc
-    except (aiohttp.ClientError, ConnectionError) as exc:
-        raise UpstreamResetError(upstream, type(exc).__name__) from exc
+    except OSError as exc:
+        raise UpstreamResetError(upstream, exc.strerror or type(exc).__name__) from exc
 
 
 async def send(
-    session: aiohttp.ClientSession,
-    upstream: Upstream,
+    pool: Pool,
     request: web.BaseRequest,
-    headers: CIMultiDict[str],
+    head: bytes,
+    chunked: bool,
     body: RequestBody,
     *,
     connect_timeout: float,
     headers_timeout: float,
-) -> aiohttp.ClientResponse:
+) -> UpstreamResponse:
     """Send the request; return once the response headers are in."""
-    timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_timeout)
-    with translate_errors(upstream.name):
+    with translate_errors(pool.name):
         async with asyncio.timeout(headers_timeout):
-            return await session.request(
+            return await pool.request(
                 request.method,
-                upstream_url(upstream, request),
-                headers=headers,
-                data=body.payload(),
-                allow_redirects=False,
-                timeout=timeout,
-                skip_auto_headers=SKIP_AUTO_HEADERS,
+                head,
+                body.payload(),
+                chunked=chunked,
+                connect_timeout=connect_timeout,
             )
+
+
+__all__ = ["CIMultiDictProxy", "RequestBody", "read_body", "request_head", "send"]

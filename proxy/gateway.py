@@ -1,7 +1,7 @@
 """The public request handler: route, attempt, fall back, relay (SPEC 3-5).
 
 Each request reads the configuration once, at its start, so a reload never changes a
-request half way; everything else it touches (pool, metrics, guard) is runtime state.
+request half way; everything else it touches (pools, metrics, guard) is runtime state.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -21,18 +21,30 @@ from proxy.forward import (
     RequestBody,
     client_response_headers,
     read_body,
+    request_head,
     send,
     translate_errors,
-    upstream_request_headers,
 )
-from proxy.metrics import method_label
 from proxy.routing import Decision, Side, choose_upstream, find_session_id, mint_session_id
-from proxy.runtime import RUNTIME, Runtime
+from proxy.runtime import Runtime
+from proxy.upstream import UpstreamResponse
 
 log = logging.getLogger("rollout.gateway")
 
 UPSTREAM_HEADER = "X-Rollout-Upstream"
 FALLBACK_HEADER = "X-Rollout-Fallback"
+
+# An upstream body of at most this size, declared by Content-Length, is read whole and
+# sent with the headers in one write; larger or unsized bodies are streamed.
+SMALL_BODY = 64 * 1024
+
+CLIENT_GONE = 499  # nginx's code for "client closed the request", for metrics only
+
+_ERROR_MESSAGES = {
+    FailureReason.CONNECT: "upstream unreachable",
+    FailureReason.TIMEOUT: "upstream timed out",
+    FailureReason.RESET: "upstream connection failed",
+}
 
 
 class _Outcome:
@@ -45,23 +57,39 @@ class _Outcome:
         self.code = 0
 
 
-async def handle(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def make_handler(runtime: Runtime) -> Handler:
+    """The handler for aiohttp's low-level server: every path and method is proxied.
+
+    (No Application and router: there is nothing to route, and skipping them saves
+    ~6 % of the CPU per request on the bench.)
+    """
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        return await _handle(request, runtime)
+
+    return handle
+
+
+async def _handle(request: web.BaseRequest, runtime: Runtime) -> web.StreamResponse:
     config = runtime.store.config
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + config.timeouts.total
 
-    session_id = find_session_id(request.headers, request.headers.get("Cookie"), config.session)
+    session = config.session
+    session_id = find_session_id(request.headers, request.headers.get("Cookie"), session)
     minted = None
-    if session_id is None and config.session.set_cookie:
+    if session_id is None and session.set_cookie:
         session_id = minted = mint_session_id()
     path = request.raw_path.partition("?")[0]
     decision = choose_upstream(
-        config.rollout, session_id, path, guard_tripped=runtime.guard_tripped()
+        config.rollout, session_id, path, guard_tripped=runtime.guard.trip is not None
     )
     metrics = runtime.metrics
-    metrics.routing.labels(upstream=decision.side.value, reason=decision.reason.value).inc()
+    metrics.routed(decision.side, decision.reason)
     metrics.in_flight.inc()
     outcome = _Outcome(decision.side)
     try:
@@ -69,19 +97,17 @@ async def handle(request: web.Request) -> web.StreamResponse:
     finally:
         metrics.in_flight.dec()
         if outcome.code:
-            metrics.requests.labels(
-                upstream=outcome.side.value,
-                feature=decision.feature,
-                method=method_label(request.method),
-                code=str(outcome.code),
-            ).inc()
-            metrics.duration.labels(upstream=outcome.side.value, feature=decision.feature).observe(
-                loop.time() - started
+            metrics.answered(
+                outcome.side,
+                decision.feature,
+                request.method,
+                outcome.code,
+                loop.time() - started,
             )
 
 
 async def _proxy(
-    request: web.Request,
+    request: web.BaseRequest,
     runtime: Runtime,
     config: Config,
     decision: Decision,
@@ -93,7 +119,7 @@ async def _proxy(
     body = await read_body(request, config.fallback.max_body_bytes)
     extra = {config.session.header: minted} if minted else None
     fallback_reason: FailureReason | None = None
-    response: aiohttp.ClientResponse | None = None
+    response: UpstreamResponse | None = None
 
     if decision.side is Side.SIGNAL:
         signal = config.upstreams.signal
@@ -107,9 +133,7 @@ async def _proxy(
             response = await _attempt(request, runtime, config, signal, body, extra, budget)
         except UpstreamError as err:
             runtime.record_attempt(Side.SIGNAL, ok=False, seconds=loop.time() - sent)
-            runtime.metrics.upstream_errors.labels(
-                upstream=signal.name, reason=err.reason.value
-            ).inc()
+            runtime.metrics.upstream_error(Side.SIGNAL, err.reason)
             if not _may_fall_back(config, err.reason, request.method, body):
                 outcome.code = err.status
                 return _error_response(err)
@@ -118,11 +142,11 @@ async def _proxy(
             failed = response.status >= 500
             runtime.record_attempt(Side.SIGNAL, ok=not failed, seconds=loop.time() - sent)
             if failed:
-                runtime.metrics.upstream_errors.labels(upstream=signal.name, reason="status").inc()
+                runtime.metrics.upstream_error(Side.SIGNAL, FailureReason.STATUS)
             if response.status in config.fallback.statuses and _may_fall_back(
                 config, FailureReason.STATUS, request.method, body
             ):
-                response.release()
+                response.close()
                 response = None
                 fallback_reason = FailureReason.STATUS
 
@@ -141,18 +165,16 @@ async def _proxy(
             )
         except UpstreamError as err:
             runtime.record_attempt(Side.LEGACY, ok=False, seconds=loop.time() - sent)
-            runtime.metrics.upstream_errors.labels(
-                upstream=legacy.name, reason=err.reason.value
-            ).inc()
+            runtime.metrics.upstream_error(Side.LEGACY, err.reason)
             outcome.code = err.status
             return _error_response(err, fallback_reason)
         failed = response.status >= 500
         runtime.record_attempt(Side.LEGACY, ok=not failed, seconds=loop.time() - sent)
         if failed:
-            runtime.metrics.upstream_errors.labels(upstream=legacy.name, reason="status").inc()
+            runtime.metrics.upstream_error(Side.LEGACY, FailureReason.STATUS)
 
     outcome.code = response.status
-    return await _relay(request, response, config, outcome.side, fallback_reason, minted, deadline)
+    return await _relay(request, response, config, outcome, fallback_reason, minted, deadline)
 
 
 def _may_fall_back(config: Config, reason: FailureReason, method: str, body: RequestBody) -> bool:
@@ -162,22 +184,20 @@ def _may_fall_back(config: Config, reason: FailureReason, method: str, body: Req
 
 
 async def _attempt(
-    request: web.Request,
+    request: web.BaseRequest,
     runtime: Runtime,
     config: Config,
     upstream: Upstream,
     body: RequestBody,
     extra: dict[str, str] | None,
     budget: float,
-) -> aiohttp.ClientResponse:
-    headers = upstream_request_headers(
-        request, upstream, body_streamed=not body.buffered, extra=extra
-    )
+) -> UpstreamResponse:
+    head, chunked = request_head(request, upstream, body, extra)
     return await send(
-        runtime.client,
-        upstream,
+        runtime.pool(upstream),
         request,
-        headers,
+        head,
+        chunked,
         body,
         connect_timeout=config.timeouts.connect,
         headers_timeout=max(budget, 0.001),
@@ -187,15 +207,10 @@ async def _attempt(
 def _error_response(
     err: UpstreamError, fallback_reason: FailureReason | None = None
 ) -> web.Response:
-    messages = {
-        FailureReason.CONNECT: "upstream unreachable",
-        FailureReason.TIMEOUT: "upstream timed out",
-        FailureReason.RESET: "upstream connection failed",
-    }
     headers = CIMultiDict({UPSTREAM_HEADER: err.upstream})
     if fallback_reason is not None:
         headers[FALLBACK_HEADER] = fallback_reason.value
-    body = {"error": messages.get(err.reason, "upstream failed"), "upstream": err.upstream}
+    body = {"error": _ERROR_MESSAGES.get(err.reason, "upstream failed"), "upstream": err.upstream}
     return web.Response(
         status=err.status,
         text=json.dumps(body),
@@ -205,46 +220,69 @@ def _error_response(
 
 
 async def _relay(
-    request: web.Request,
-    upstream_response: aiohttp.ClientResponse,
+    request: web.BaseRequest,
+    upstream_response: UpstreamResponse,
     config: Config,
-    side: Side,
+    outcome: _Outcome,
     fallback_reason: FailureReason | None,
     minted: str | None,
     deadline: float,
 ) -> web.StreamResponse:
-    """Stream the upstream's answer to the client; abort the connection on a mid-body failure."""
+    """Send the upstream's answer to the client; abort the connection on a mid-body failure."""
+    side = outcome.side
     headers = client_response_headers(upstream_response.headers)
     headers[UPSTREAM_HEADER] = side.value
     if fallback_reason is not None:
         headers[FALLBACK_HEADER] = fallback_reason.value
-    out = web.StreamResponse(
-        status=upstream_response.status, reason=upstream_response.reason, headers=headers
-    )
-    if minted:
-        out.set_cookie(config.session.cookie, minted, httponly=True, samesite="Lax", path="/")
+    status, reason = upstream_response.status, upstream_response.reason or None
+    length = upstream_response.content_length
+    small = length is not None and length <= SMALL_BODY and request.method != "HEAD"
+    out: web.StreamResponse
     try:
-        await out.prepare(request)
         with translate_errors(side.value):
             async with asyncio.timeout_at(deadline):
-                async for chunk in upstream_response.content.iter_any():
+                if small:
+                    # One write for head and body: the common case of an API answer.
+                    body = await upstream_response.read()
+                    del headers["Content-Length"]
+                    out = web.Response(status=status, reason=reason, headers=headers, body=body)
+                    _set_cookie(out, config, minted)
+                    upstream_response.release()
+                    return out
+                out = web.StreamResponse(status=status, reason=reason, headers=headers)
+                _set_cookie(out, config, minted)
+                await out.prepare(request)
+                async for chunk in upstream_response.iter_chunks():
                     await out.write(chunk)
         await out.write_eof()
     except UpstreamError as err:
+        upstream_response.close()
+        if small:
+            outcome.code = err.status
+            return _error_response(err, fallback_reason)
         # Headers are gone already: closing without the final chunk (or short of
         # Content-Length) is how HTTP tells the client the body is incomplete.
-        log.warning("aborting client response: %s mid-body", err)
-        upstream_response.close()
+        log.warning("aborting the client response: %s mid-body", err)
         _abort(request)
-    except (ConnectionError, asyncio.CancelledError):
-        upstream_response.close()  # the client left: do not keep reading the upstream
+        return out
+    except ConnectionError:
+        # The client went away; stop reading the upstream. aiohttp finishes quietly.
+        upstream_response.close()
+        outcome.code = CLIENT_GONE
+        return out
+    except asyncio.CancelledError:
+        upstream_response.close()
         raise
-    finally:
-        upstream_response.release()
+    upstream_response.release()
     return out
 
 
-def _abort(request: web.Request) -> None:
+def _set_cookie(out: web.StreamResponse, config: Config, minted: str | None) -> None:
+    if minted:
+        out.set_cookie(config.session.cookie, minted, httponly=True, samesite="Lax", path="/")
+
+
+def _abort(request: web.BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()

@@ -6,6 +6,8 @@ closed list of methods and the reason enums. A session id never becomes a label.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from proxy.config import DEFAULT_FEATURE, Config
@@ -94,6 +96,9 @@ class Metrics:
             ["version"],
             registry=r,
         )
+        self._routed: dict[tuple[Side, Reason], Any] = {}
+        self._errors: dict[tuple[Side, FailureReason], Any] = {}
+        self._answered: dict[tuple[Side, str, str, int], tuple[Any, Any]] = {}
         self.build_info.labels(version=version).set(1)
         self.last_reload_ok.set(1)
         for side in Side:
@@ -103,6 +108,47 @@ class Metrics:
                 self.routing.labels(upstream=side.value, reason=reason.value)
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
+
+    # --- the hot path: label children looked up once, then reused -----------------------
+    # prometheus_client's labels() validates and hashes its arguments on every call
+    # (~5 us); a dict lookup on a tuple of small fixed values costs a fraction of that.
+
+    def routed(self, side: Side, reason: Reason) -> None:
+        key = (side, reason)
+        child = self._routed.get(key)
+        if child is None:
+            child = self._routed[key] = self.routing.labels(
+                upstream=side.value, reason=reason.value
+            )
+        child.inc()
+
+    def upstream_error(self, side: Side, reason: FailureReason) -> None:
+        key = (side, reason)
+        child = self._errors.get(key)
+        if child is None:
+            child = self._errors[key] = self.upstream_errors.labels(
+                upstream=side.value, reason=reason.value
+            )
+        child.inc()
+
+    def answered(self, side: Side, feature: str, method: str, code: int, seconds: float) -> None:
+        """One request answered: counted with its status, timed in the histogram."""
+        key = (side, feature, method, code)
+        pair = self._answered.get(key)
+        if pair is None:
+            if len(self._answered) > 10_000:
+                self._answered.clear()  # bounded: methods and codes are closed sets anyway
+            pair = self._answered[key] = (
+                self.requests.labels(
+                    upstream=side.value,
+                    feature=feature,
+                    method=method_label(method),
+                    code=str(code),
+                ),
+                self.duration.labels(upstream=side.value, feature=feature),
+            )
+        pair[0].inc()
+        pair[1].observe(seconds)
 
     def apply_config(self, config: Config, *, guard_tripped: bool) -> None:
         """Refresh the configuration gauges and pre-create the per-feature series."""

@@ -9,17 +9,21 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import aiohttp
 from aiohttp import web
 
-from proxy.config import Config
+from proxy.config import Config, Upstream
 from proxy.guard import Guard
 from proxy.metrics import Metrics
 from proxy.routing import Side
 from proxy.store import ConfigStore
+from proxy.upstream import Pool
 from proxy.window import Window
 
 log = logging.getLogger("rollout.guard")
+
+# Close idle upstream connections before a typical upstream's own keep-alive timeout
+# (nginx and aiohttp: 75 s), so a pooled connection is rarely found dead.
+UPSTREAM_KEEPALIVE_SECONDS = 15.0
 
 
 @dataclass(eq=False)
@@ -28,7 +32,7 @@ class Runtime:
     metrics: Metrics
     guard: Guard
     legacy_window: Window
-    client: aiohttp.ClientSession = field(init=False)
+    pools: dict[str, Pool] = field(default_factory=dict)
     draining: bool = False
     started_at: float = field(default_factory=time.time)
 
@@ -43,6 +47,24 @@ class Runtime:
         )
         runtime.metrics.apply_config(config, guard_tripped=False)
         return runtime
+
+    def pool(self, upstream: Upstream) -> Pool:
+        """The connection pool for an upstream URL; a URL changed by reload gets a new one."""
+        pool = self.pools.get(upstream.url)
+        if pool is None:
+            pool = self.pools[upstream.url] = Pool(
+                upstream.name,
+                upstream.host,
+                upstream.port,
+                tls=upstream.tls,
+                keepalive_timeout=UPSTREAM_KEEPALIVE_SECONDS,
+            )
+        return pool
+
+    def close_pools(self, keep: set[str] | None = None) -> None:
+        for url in list(self.pools):
+            if keep is None or url not in keep:
+                self.pools.pop(url).close()
 
     def guard_tripped(self) -> bool:
         return self.guard.trip is not None
@@ -70,6 +92,9 @@ class Runtime:
         if self.guard.trip is not None:
             log.warning("guard re-armed by configuration change")
             self.guard.rearm()
+        # Idle connections to an upstream that is no longer configured are closed; requests
+        # still running on them finish first.
+        self.close_pools(keep={config.upstreams.signal.url, config.upstreams.legacy.url})
         if config.guard.window_seconds != self.legacy_window.seconds:
             self.legacy_window = Window(config.guard.window_seconds)
         self.metrics.apply_config(config, guard_tripped=self.guard_tripped())

@@ -8,11 +8,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
-from proxy.app import build_runtime, create_app
-from proxy.config import parse_config
-from proxy.runtime import Runtime
 from tests.support import HOST, ProxyProcess, config_dict, write_config
 
 UpstreamFactory = Callable[[web.Application], Awaitable[TestServer]]
@@ -47,25 +44,6 @@ def serve_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
     yield start
     for proc in started:
         proc.stop()
-
-
-InProcess = Callable[..., Awaitable[tuple[TestClient[web.Request, web.Application], Runtime]]]
-
-
-@pytest.fixture
-async def proxy_client(aiohttp_client: Any, tmp_path: Path) -> InProcess:
-    """The public app in-process (no file watcher) in front of the given upstreams."""
-
-    async def make(
-        signal_url: str, legacy_url: str, **sections: Any
-    ) -> tuple[TestClient[web.Request, web.Application], Runtime]:
-        data = config_dict(signal_url, legacy_url, **sections)
-        path = write_config(tmp_path / "inproc.yaml", data)
-        runtime = build_runtime(path, parse_config(path.read_text(), str(path)))
-        client = await aiohttp_client(create_app(runtime, poll_interval=0))
-        return client, runtime
-
-    return make
 
 
 __all__ = ["config_dict", "server_url"]
