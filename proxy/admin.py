@@ -27,7 +27,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def create_admin_app(runtime: Runtime) -> web.Application:
     app = web.Application(middlewares=[_require_token])
     app[RUNTIME] = runtime
-    app.router.add_get("/metrics", make_aiohttp_handler(runtime.metrics.registry))
+    app.router.add_get("/metrics", make_aiohttp_handler(runtime.metrics.exposition))
     app.router.add_get("/-/healthz", healthz)
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/-/status", status)

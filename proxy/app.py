@@ -66,8 +66,13 @@ async def serve(
     grace: float = DEFAULT_GRACE_SECONDS,
     poll_interval: float = POLL_INTERVAL,
     on_ready: Callable[[], None] | None = None,
+    worker_index: int | None = None,
 ) -> int:
-    """Run until SIGTERM/SIGINT, then drain: not ready, grace, stop accepting, finish."""
+    """Run until SIGTERM/SIGINT, then drain: not ready, grace, stop accepting, finish.
+
+    `worker_index` is set for the processes of `--workers N`: they share the listen port
+    (SO_REUSEPORT) and only worker 0 runs the admin listener.
+    """
     config = load_config(path)
     runtime = build_runtime(path, config)
     public_runner = web.ServerRunner(
@@ -77,8 +82,14 @@ async def serve(
     await public_runner.setup()
     await admin_runner.setup()
     try:
-        await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
-        await web.TCPSite(public_runner, config.listen.host, config.listen.port).start()
+        if not worker_index:
+            await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
+        await web.TCPSite(
+            public_runner,
+            config.listen.host,
+            config.listen.port,
+            reuse_port=worker_index is not None or None,
+        ).start()
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         await public_runner.cleanup()

@@ -89,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds between config file checks; 0 = only SIGHUP and POST /-/reload",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the listen port (SO_REUSEPORT), each with its own guard; "
+        "/metrics aggregates them (default 1)",
+    )
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
     p = add(
         "demo",
@@ -227,7 +235,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.app import serve
 
     path, _ = _load(args)  # invalid config: exit 2 before binding anything
-    return asyncio.run(serve(path, grace=args.grace, poll_interval=args.poll_interval))
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    if args.workers > 1 and args.worker_index is None:
+        from proxy.workers import run_workers
+
+        return run_workers(path, args.workers, grace=args.grace, poll_interval=args.poll_interval)
+    return asyncio.run(
+        serve(
+            path,
+            grace=args.grace,
+            poll_interval=args.poll_interval,
+            worker_index=args.worker_index,
+        )
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

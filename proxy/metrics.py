@@ -6,9 +6,11 @@ closed list of methods and the reason enums. A session id never becomes a label.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy.config import DEFAULT_FEATURE, Config
 from proxy.errors import FailureReason
@@ -32,7 +34,15 @@ class Metrics:
     def __init__(self, version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        ProcessCollector(registry=r)  # process_resident_memory_bytes, open fds, CPU
+        # What /metrics serves. With `rollout serve --workers N` every worker writes its
+        # values to files in PROMETHEUS_MULTIPROC_DIR and the admin worker serves their
+        # aggregate (counters and histograms summed; gauges as their mode says).
+        self.exposition = r
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition)  # type: ignore[no-untyped-call]
+        else:
+            ProcessCollector(registry=r)  # process_resident_memory_bytes, open fds, CPU
         self.requests = Counter(
             "rollout_requests_total",
             "Requests answered, by the upstream that served the response.",
@@ -69,15 +79,20 @@ class Metrics:
             "Configured rollout percentage (feature=default is the global one).",
             ["feature"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.effective_percentage = Gauge(
             "rollout_effective_percentage",
             "Percentage routing applies now: 0 during emergency or a tripped guard.",
             ["feature"],
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.guard_tripped = Gauge(
-            "rollout_guard_tripped", "1 while the automatic rollback guard holds.", registry=r
+            "rollout_guard_tripped",
+            "1 while the automatic rollback guard holds.",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.reloads = Counter(
             "rollout_config_reloads_total", "Configuration reloads.", ["result"], registry=r
@@ -86,15 +101,20 @@ class Metrics:
             "rollout_config_last_reload_successful",
             "1 if the last configuration reload was applied.",
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.in_flight = Gauge(
-            "rollout_in_flight_requests", "Requests being proxied now.", registry=r
+            "rollout_in_flight_requests",
+            "Requests being proxied now.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.build_info = Gauge(
             "rollout_build_info",
             "Always 1; the version label says which build.",
             ["version"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self._routed: dict[tuple[Side, Reason], Any] = {}
         self._errors: dict[tuple[Side, FailureReason], Any] = {}
