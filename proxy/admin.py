@@ -33,6 +33,7 @@ def create_admin_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/-/status", status)
     app.router.add_post("/-/reload", reload)
     app.router.add_post("/-/guard/reset", guard_reset)
+    app.router.add_get("/-/diffs", diffs)
     return app
 
 
@@ -113,6 +114,13 @@ def status_document(runtime: Runtime) -> dict[str, Any]:
             "max_error_rate": config.promotion.max_error_rate,
             "max_p95_ms": config.promotion.max_p95_ms,
         },
+        "shadow": {
+            "enabled": config.shadow.enabled,
+            "percentage": config.shadow.percentage,
+            "in_flight": runtime.shadow.in_flight,
+            "kept_diffs": len(runtime.shadow.diffs),
+            "learned_noise": {k: sorted(v) for k, v in runtime.shadow.noise.items()},
+        },
         "uptime_seconds": round(time.time() - runtime.started_at, 1),
     }
 
@@ -135,3 +143,9 @@ async def reload(request: web.Request) -> web.Response:
 async def guard_reset(request: web.Request) -> web.Response:
     was_tripped = request.app[RUNTIME].reset_guard()
     return _json({"reset": True, "was_tripped": was_tripped})
+
+
+async def diffs(request: web.Request) -> web.Response:
+    """The most recent shadow mismatches, newest first (SPEC 11)."""
+    shadow = request.app[RUNTIME].shadow
+    return _json({"diffs": [d.as_dict() for d in shadow.diffs]})

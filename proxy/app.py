@@ -38,7 +38,8 @@ def create_server(runtime: Runtime) -> web.Server:
 
 @contextlib.asynccontextmanager
 async def running(runtime: Runtime, *, poll_interval: float) -> AsyncIterator[None]:
-    """The process's background work: the config watcher; pools are closed at the end.
+    """The process's background work: the config watcher; at the end, shadow mirrors
+    still running are cancelled and the pools closed.
 
     `poll_interval` 0 turns the watcher off (reload then only on SIGHUP or
     `POST /-/reload`).
@@ -53,6 +54,7 @@ async def running(runtime: Runtime, *, poll_interval: float) -> AsyncIterator[No
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await runtime.shadow.cancel_all()
         runtime.close_pools()
 
 

@@ -211,6 +211,16 @@ def _add_ops_commands(
     p.add_argument("--window", default="5m", help="range for --prometheus (default 5m)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = add(
+        "diff",
+        ops.cmd_diff,
+        "shadow comparison: match rate per feature and the most recent mismatches",
+        "rollout diff --limit 5",
+    )
+    live(p)
+    p.add_argument("--limit", type=int, default=20, help="mismatches to show (default 20)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
 
 def _setup_logging(args: argparse.Namespace) -> None:
     setup_logging(verbose=bool(getattr(args, "verbose", False)))

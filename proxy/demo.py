@@ -40,6 +40,15 @@ def demo_config_text(ports: DemoPorts, example: Path = EXAMPLE_CONFIG) -> str:
         "signal": {"url": f"http://{HOST}:{ports.signal}"},
         "legacy": {"url": f"http://{HOST}:{ports.legacy}"},
     }
+    # Shadow comparison on, so a newcomer sees the sample APIs' one deliberate difference
+    # (signal rounds `confidence` to 2 decimals, legacy to 3) in `rollout diff`. `source`
+    # and `service` name the side; timestamps differ on every call.
+    data["shadow"] = {
+        "enabled": True,
+        "percentage": 100,
+        "ignore": ["source", "service", "generated_at", "time"],
+        "learn_noise": True,
+    }
     header = (
         "# rollout demo configuration: edit and save, the proxy applies it within 2 s.\n"
         "# Try `rollout:\\n  percentage: 50` and watch `X-Rollout-Upstream` change.\n"
@@ -91,6 +100,7 @@ def banner(ports: DemoPorts, config_path: Path, config_text: str) -> str:
         f"  curl -si {base}/health                 # no id: one is minted (Set-Cookie)",
         f"  curl -s  http://{HOST}:{ports.admin}/-/status",
         f"  rollout explain alice -c {config_path}",
+        f"  rollout diff -c {config_path}          # shadow: signal vs legacy answers",
         f"  edit {config_path} (rollout.percentage) and repeat",
         "",
         "Ctrl-C stops everything.",

@@ -174,7 +174,48 @@ async def _proxy(
             runtime.metrics.upstream_error(Side.LEGACY, FailureReason.STATUS)
 
     outcome.code = response.status
-    return await _relay(request, response, config, outcome, fallback_reason, minted, deadline)
+    capture = None
+    if (
+        decision.side is Side.LEGACY
+        and config.shadow.enabled
+        and body.buffered
+        and runtime.shadow.sampled(config.shadow, request.method)
+    ):
+        capture = Capture(config.fallback.max_body_bytes)
+    out = await _relay(
+        request, response, config, outcome, fallback_reason, minted, deadline, capture
+    )
+    if capture is not None and capture.complete:
+        # The client's response is written by now; the mirror runs as its own task.
+        runtime.mirror(request, config, decision.feature, body, extra, response, capture)
+    return out
+
+
+class Capture:
+    """Legacy's answer kept for the shadow comparison, up to a size limit."""
+
+    __slots__ = ("chunks", "complete", "limit", "overflow", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.overflow = False
+        self.complete = False
+
+    def add(self, chunk: bytes) -> None:
+        if self.overflow:
+            return
+        self.size += len(chunk)
+        if self.size > self.limit:
+            self.overflow = True
+            self.chunks.clear()
+        else:
+            self.chunks.append(chunk)
+
+    @property
+    def body(self) -> bytes | None:
+        return None if self.overflow else b"".join(self.chunks)
 
 
 def _may_fall_back(config: Config, reason: FailureReason, method: str, body: RequestBody) -> bool:
@@ -227,6 +268,7 @@ async def _relay(
     fallback_reason: FailureReason | None,
     minted: str | None,
     deadline: float,
+    capture: Capture | None = None,
 ) -> web.StreamResponse:
     """Send the upstream's answer to the client; abort the connection on a mid-body failure."""
     side = outcome.side
@@ -248,13 +290,20 @@ async def _relay(
                     out = web.Response(status=status, reason=reason, headers=headers, body=body)
                     _set_cookie(out, config, minted)
                     upstream_response.release()
+                    if capture is not None:
+                        capture.add(body)
+                        capture.complete = True
                     return out
                 out = web.StreamResponse(status=status, reason=reason, headers=headers)
                 _set_cookie(out, config, minted)
                 await out.prepare(request)
                 async for chunk in upstream_response.iter_chunks():
                     await out.write(chunk)
+                    if capture is not None:
+                        capture.add(chunk)
         await out.write_eof()
+        if capture is not None:
+            capture.complete = True
     except UpstreamError as err:
         upstream_response.close()
         if small:

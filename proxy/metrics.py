@@ -103,6 +103,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+        self.shadow = Counter(
+            "rollout_shadow_requests_total",
+            "Shadow comparisons of legacy-served requests against signal, by result.",
+            ["feature", "result"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "rollout_in_flight_requests",
             "Requests being proxied now.",
@@ -170,6 +176,9 @@ class Metrics:
         pair[0].inc()
         pair[1].observe(seconds)
 
+    def shadow_result(self, feature: str, result: str) -> None:
+        self.shadow.labels(feature=feature, result=result).inc()
+
     def apply_config(self, config: Config, *, guard_tripped: bool) -> None:
         """Refresh the configuration gauges and pre-create the per-feature series."""
         self.percentage.clear()
@@ -182,6 +191,9 @@ class Metrics:
                 self.duration.labels(upstream=side.value, feature=feature)
             for reason in FailureReason:
                 self.fallbacks.labels(feature=feature, reason=reason.value)
+            if config.shadow.enabled:
+                for result in ("match", "mismatch", "error", "dropped"):
+                    self.shadow.labels(feature=feature, result=result)
         self.guard_tripped.set(1 if guard_tripped else 0)
 
 

@@ -17,7 +17,7 @@ from proxy.console import Console
 from proxy.edit import EditError, set_value, write_atomically
 from proxy.errors import ConfigError
 from proxy.history import record
-from proxy.live import LiveError, admin_url, fetch_status
+from proxy.live import LiveError, admin_url, fetch, fetch_metrics, fetch_status
 from proxy.plan import (
     Figures,
     Recommendation,
@@ -27,7 +27,14 @@ from proxy.plan import (
     next_stage,
     previous_stage,
 )
-from proxy.report import SIDES, SideFigures, from_admin, from_prometheus
+from proxy.report import (
+    SIDES,
+    SideFigures,
+    from_admin,
+    from_prometheus,
+    match_rate,
+    shadow_counts,
+)
 from proxy.smoke import proxy_url, run_smoke
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -453,3 +460,65 @@ def _print_report(
             else "criteria not met"
         )
         con.warning(f"recommendation: hold ({why})")
+
+
+# --- diff ------------------------------------------------------------------------------
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Shadow comparison results: match rate per feature and the kept mismatches."""
+    config = load_config(_path(args))
+    url = admin_url(config, args.admin)
+    try:
+        diffs = json.loads(fetch(url + "/-/diffs", config.admin.token))["diffs"]
+        counts = shadow_counts(fetch_metrics(url, config.admin.token))
+    except (LiveError, json.JSONDecodeError, KeyError) as exc:
+        Console().error(f"no shadow results: {exc}")
+        return EXIT_USAGE
+    rates = {feature: match_rate(c) for feature, c in counts.items()}
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "enabled": config.shadow.enabled,
+                    "features": {f: {**counts[f], "match_rate": rates[f]} for f in sorted(counts)},
+                    "diffs": diffs[: args.limit],
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+        return EXIT_OK
+    con = Console()
+    if not config.shadow.enabled:
+        con.warning("shadow.enabled is false in the config: no new comparisons are made")
+    rows = []
+    for feature in sorted(counts):
+        c = counts[feature]
+        rate = rates[feature]
+        rows.append(
+            [
+                feature,
+                str(c.get("match", 0)),
+                str(c.get("mismatch", 0)),
+                str(c.get("error", 0)),
+                str(c.get("dropped", 0)),
+                "-" if rate is None else f"{rate * 100:.1f} %",
+            ]
+        )
+    con.heading(f"Shadow comparison (admin {url})")
+    con.table(["feature", "match", "mismatch", "error", "dropped", "match rate"], rows)
+    con.line()
+    if not diffs:
+        con.success("no mismatches kept")
+        return EXIT_OK
+    con.heading(f"Most recent mismatches ({min(len(diffs), args.limit)} of {len(diffs)} kept)")
+    for diff in diffs[: args.limit]:
+        signal_status = diff["signal_status"] if diff["signal_status"] is not None else "-"
+        con.line(
+            f"{diff['method']} {diff['path']}  [{diff['feature']}]  "
+            f"legacy {diff['legacy_status']}  signal {signal_status}"
+        )
+        for field in diff["fields"]:
+            con.line(f"    {field['path']}: legacy {field['legacy']}  signal {field['signal']}")
+    return EXIT_OK

@@ -69,6 +69,27 @@ def _fallbacks_from_metrics(text: str) -> int:
     return int(total)
 
 
+def shadow_counts(text: str) -> dict[str, dict[str, int]]:
+    """`rollout_shadow_requests_total` from a /metrics text: feature -> result -> count."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[str, int]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "rollout_shadow_requests":
+            continue
+        for sample in family.samples:
+            if sample.name == "rollout_shadow_requests_total":
+                feature = out.setdefault(sample.labels["feature"], {})
+                feature[sample.labels["result"]] = int(sample.value)
+    return out
+
+
+def match_rate(counts: dict[str, int]) -> float | None:
+    """Matches over compared (match + mismatch); errors and drops are not comparisons."""
+    compared = counts.get("match", 0) + counts.get("mismatch", 0)
+    return counts.get("match", 0) / compared if compared else None
+
+
 # --- Prometheus -------------------------------------------------------------------------
 
 

@@ -8,16 +8,23 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from proxy.compare import Answer
 from proxy.config import Config, Upstream
+from proxy.forward import RequestBody, request_head, upstream_target
 from proxy.guard import Guard
 from proxy.metrics import Metrics
 from proxy.routing import Side
+from proxy.shadow import SHADOW_HEADER, Mirror, Shadow
 from proxy.store import ConfigStore
-from proxy.upstream import Pool
+from proxy.upstream import Pool, UpstreamResponse
 from proxy.window import Window
+
+if TYPE_CHECKING:
+    from proxy.gateway import Capture
 
 log = logging.getLogger("rollout.guard")
 
@@ -33,6 +40,7 @@ class Runtime:
     guard: Guard
     legacy_window: Window
     pools: dict[str, Pool] = field(default_factory=dict)
+    shadow: Shadow = field(default_factory=Shadow)
     draining: bool = False
     started_at: float = field(default_factory=time.time)
 
@@ -66,6 +74,37 @@ class Runtime:
             if keep is None or url not in keep:
                 self.pools.pop(url).close()
 
+    def mirror(
+        self,
+        request: web.BaseRequest,
+        config: Config,
+        feature: str,
+        body: RequestBody,
+        extra: dict[str, str] | None,
+        legacy_response: UpstreamResponse,
+        capture: Capture,
+    ) -> None:
+        """Start a shadow comparison of a legacy-served request against signal (SPEC 11)."""
+        marked = {**(extra or {}), SHADOW_HEADER: "1"}
+        upstreams = config.upstreams
+        content_type = next(
+            (v for k, v in legacy_response.headers if k.lower() == "content-type"), ""
+        )
+        mirror = Mirror(
+            method=request.method,
+            target=upstream_target(request),
+            feature=feature,
+            signal_head=request_head(request, upstreams.signal, body, marked)[0],
+            legacy_head=(
+                request_head(request, upstreams.legacy, body, marked)[0]
+                if config.shadow.learn_noise
+                else None
+            ),
+            body=body.data,
+            legacy=Answer(legacy_response.status, content_type, capture.body),
+        )
+        self.shadow.start(mirror, config, self.pool, self.metrics.shadow_result)
+
     def guard_tripped(self) -> bool:
         return self.guard.trip is not None
 
@@ -97,6 +136,7 @@ class Runtime:
         self.close_pools(keep={config.upstreams.signal.url, config.upstreams.legacy.url})
         if config.guard.window_seconds != self.legacy_window.seconds:
             self.legacy_window = Window(config.guard.window_seconds)
+        self.shadow.configure(config.shadow)
         self.metrics.apply_config(config, guard_tripped=self.guard_tripped())
 
     def reset_guard(self) -> bool:

@@ -1,0 +1,201 @@
+"""Shadow comparison (SPEC 11): mirror sampled legacy-served requests to signal, compare.
+
+A mirror starts only after the client's response from legacy is complete, runs as its
+own task, and is bounded: at most `shadow.max_in_flight` at once (more are dropped and
+counted, never queued), signal's timeouts apply, and a body is kept only up to
+`fallback.max_body_bytes`. Nothing here can delay, alter or fail a client's response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.compare import Answer, FieldDiff, Ignore, compare, json_paths_that_differ
+from proxy.config import Config, ShadowConfig, Upstream
+from proxy.errors import UpstreamError
+from proxy.forward import translate_errors
+from proxy.upstream import Pool
+
+log = logging.getLogger("rollout.shadow")
+
+SHADOW_HEADER = "X-Rollout-Shadow"
+MAX_NOISE_ROUTES = 1000  # learned-noise memory is bounded like everything else
+
+
+class Result:
+    MATCH = "match"
+    MISMATCH = "mismatch"
+    ERROR = "error"
+    DROPPED = "dropped"
+
+
+def should_mirror(shadow: ShadowConfig, method: str, draw: float) -> bool:
+    """Sample a legacy-served request; `draw` is uniform in [0, 1). Pure."""
+    return shadow.enabled and method in shadow.methods and draw * 100 < shadow.percentage
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    """What is needed to replay one request against signal and judge the answer."""
+
+    method: str
+    target: str  # raw path and query, for the diff and learned noise
+    feature: str
+    signal_head: bytes  # request line and headers as signal gets them
+    legacy_head: bytes | None  # for learn_noise's second legacy request
+    body: bytes | None
+    legacy: Answer
+
+
+Count = Callable[[str, str], None]  # (feature, result) -> increments the metric
+PoolFor = Callable[[Upstream], Pool]
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    at: float
+    method: str
+    path: str
+    feature: str
+    legacy_status: int
+    signal_status: int | None
+    fields: list[FieldDiff]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "time": self.at,
+            "method": self.method,
+            "path": self.path,
+            "feature": self.feature,
+            "legacy_status": self.legacy_status,
+            "signal_status": self.signal_status,
+            "fields": [f.as_dict() for f in self.fields],
+        }
+
+
+@dataclass(eq=False)
+class Shadow:
+    """Runtime state of the comparison: in-flight mirrors, kept diffs, learned noise."""
+
+    in_flight: int = 0
+    diffs: collections.deque[Diff] = field(default_factory=lambda: collections.deque(maxlen=100))
+    noise: dict[str, set[str]] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    rng: random.Random = field(default_factory=random.Random)
+
+    def configure(self, shadow: ShadowConfig) -> None:
+        if self.diffs.maxlen != shadow.keep_diffs:
+            self.diffs = collections.deque(self.diffs, maxlen=shadow.keep_diffs)
+
+    def sampled(self, shadow: ShadowConfig, method: str) -> bool:
+        return should_mirror(shadow, method, self.rng.random())
+
+    def start(self, mirror: Mirror, config: Config, pool_for: PoolFor, count: Count) -> None:
+        """Launch a mirror, or count it dropped when `max_in_flight` are running."""
+        if self.in_flight >= config.shadow.max_in_flight:
+            count(mirror.feature, Result.DROPPED)
+            return
+        self.in_flight += 1
+        task = asyncio.create_task(self._run(mirror, config, pool_for, count))
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.in_flight -= 1
+
+    async def cancel_all(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _run(self, mirror: Mirror, config: Config, pool_for: PoolFor, count: Count) -> None:
+        signal = config.upstreams.signal
+        try:
+            answer = await _fetch(
+                mirror.method, mirror.signal_head, mirror.body, pool_for(signal), config
+            )
+            if config.shadow.learn_noise and mirror.legacy_head is not None:
+                legacy = config.upstreams.legacy
+                second = await _fetch(
+                    mirror.method, mirror.legacy_head, mirror.body, pool_for(legacy), config
+                )
+                self._learn(mirror, second)
+        except UpstreamError as err:
+            count(mirror.feature, Result.ERROR)
+            log.debug("shadow %s %s: %s", mirror.method, mirror.target, err)
+            return
+        route = _route(mirror)
+        ignore = Ignore([*config.shadow.ignore, *self.noise.get(route, ())])
+        fields = compare(mirror.legacy, answer, ignore)
+        if not fields:
+            count(mirror.feature, Result.MATCH)
+            return
+        count(mirror.feature, Result.MISMATCH)
+        self.diffs.appendleft(
+            Diff(
+                at=time.time(),
+                method=mirror.method,
+                path=mirror.target,
+                feature=mirror.feature,
+                legacy_status=mirror.legacy.status,
+                signal_status=answer.status,
+                fields=fields,
+            )
+        )
+
+    def _learn(self, mirror: Mirror, second: Answer) -> None:
+        """Fields that differ between legacy's two answers to one request are noise."""
+        if mirror.legacy.body is None or second.body is None:
+            return
+        noisy = json_paths_that_differ(mirror.legacy.body, second.body)
+        if not noisy:
+            return
+        route = _route(mirror)
+        if route not in self.noise and len(self.noise) >= MAX_NOISE_ROUTES:
+            self.noise.pop(next(iter(self.noise)))
+        known = self.noise.setdefault(route, set())
+        if not noisy <= known:
+            log.info("shadow: learned noisy fields on %s: %s", route, ", ".join(sorted(noisy)))
+            known |= noisy
+
+
+def _route(mirror: Mirror) -> str:
+    return f"{mirror.method} {mirror.target.partition('?')[0]}"
+
+
+async def _fetch(
+    method: str, head: bytes, body: bytes | None, pool: Pool, config: Config
+) -> Answer:
+    limit = config.fallback.max_body_bytes
+    too_large = False
+    with translate_errors(pool.name):
+        async with asyncio.timeout(config.timeouts.signal):
+            response = await pool.request(
+                method, head, body, chunked=False, connect_timeout=config.timeouts.connect
+            )
+        try:
+            async with asyncio.timeout(config.timeouts.total):
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.iter_chunks():
+                    size += len(chunk)
+                    if size > limit:
+                        too_large = True
+                        break
+                    chunks.append(chunk)
+        finally:
+            if too_large:
+                response.close()
+            else:
+                response.release()
+    content_type = next((v for k, v in response.headers if k.lower() == "content-type"), "")
+    body = None if too_large else b"".join(chunks)
+    return Answer(response.status, content_type, body)
