@@ -34,6 +34,7 @@ from proxy.report import (
     from_prometheus,
     match_rate,
     shadow_counts,
+    shadow_from_prometheus,
 )
 from proxy.smoke import proxy_url, run_smoke
 
@@ -391,10 +392,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         if args.prometheus:
             figures = from_prometheus(args.prometheus, args.window)
+            shadow = shadow_from_prometheus(args.prometheus, args.window)
             source = f"Prometheus {args.prometheus}, all replicas, last {args.window}"
         else:
             url = admin_url(config, args.admin)
-            figures, _ = from_admin(url, config.admin.token)
+            figures, _, shadow = from_admin(url, config.admin.token)
             source = f"admin {url}, this replica, last {config.guard.window_seconds} s"
     except LiveError as exc:
         con.error(f"no live figures: {exc}")
@@ -412,13 +414,29 @@ def cmd_report(args: argparse.Namespace) -> int:
                     "promotion": [_criterion(c) for c in verdict.promotion],
                     "rollback": [_criterion(c) for c in verdict.rollback],
                     "recommendation": verdict.recommendation.value,
+                    "shadow": {
+                        f: {**c, "match_rate": match_rate(c)} for f, c in sorted(shadow.items())
+                    },
                 },
                 indent=2,
             )
         )
     else:
         _print_report(con, config, source, figures, verdict)
+        _print_shadow(con, shadow)
     return EXIT_OK if verdict.recommendation is not Recommendation.ROLL_BACK else EXIT_FAILED
+
+
+def _print_shadow(con: Console, shadow: dict[str, dict[str, int]]) -> None:
+    compared = {f: c for f, c in shadow.items() if match_rate(c) is not None}
+    if not compared:
+        return
+    con.line()
+    con.heading("Shadow comparison (signal's answers vs legacy's; `rollout diff` for details)")
+    for feature, counts in sorted(compared.items()):
+        rate = match_rate(counts) or 0.0
+        total = counts.get("match", 0) + counts.get("mismatch", 0)
+        con.line(f"  {feature}: {rate * 100:.1f} % match over {total} compared requests")
 
 
 def _criterion(c: Any) -> dict[str, str]:

@@ -40,10 +40,17 @@ class SideFigures:
         }
 
 
-def from_admin(base: str, token: str | None) -> tuple[dict[str, SideFigures], dict[str, Any]]:
-    """Per-side figures from `/-/status` (window) and `/metrics` (fallbacks since start)."""
+Shadow = dict[str, dict[str, int]]  # feature -> result -> count
+
+
+def from_admin(
+    base: str, token: str | None
+) -> tuple[dict[str, SideFigures], dict[str, Any], Shadow]:
+    """Per-side figures from `/-/status` (window) and `/metrics` (fallbacks and shadow
+    comparisons since start)."""
     status = fetch_status(base, token)
-    fallbacks = _fallbacks_from_metrics(fetch_metrics(base, token))
+    metrics_text = fetch_metrics(base, token)
+    fallbacks = _fallbacks_from_metrics(metrics_text)
     figures = {}
     for side in SIDES:
         w = status["upstreams"][side]
@@ -56,7 +63,7 @@ def from_admin(base: str, token: str | None) -> tuple[dict[str, SideFigures], di
             p99_ms=w["p99_ms"],
             fallbacks=fallbacks if side == "signal" else 0,
         )
-    return figures, status
+    return figures, status, shadow_counts(metrics_text)
 
 
 def _fallbacks_from_metrics(text: str) -> int:
@@ -113,6 +120,7 @@ def promql_queries(window: str) -> dict[str, str]:
         "served": _delta("rollout_requests_total", w),
         "errors": _delta("rollout_upstream_errors_total", w),
         "fallbacks": _delta("rollout_fallbacks_total", w, by=""),
+        "shadow": _delta("rollout_shadow_requests_total", w, by="feature, result"),
         **{
             f"p{q}": (
                 f"histogram_quantile(0.{q}, sum by (upstream, le) "
@@ -168,3 +176,13 @@ def from_prometheus(prometheus: str, window: str) -> dict[str, SideFigures]:
             fallbacks=fallbacks if side == "signal" else 0,
         )
     return figures
+
+
+def shadow_from_prometheus(prometheus: str, window: str) -> Shadow:
+    out: Shadow = {}
+    for row in _query(prometheus, promql_queries(window)["shadow"]):
+        labels = row["metric"]
+        if "feature" in labels and "result" in labels:
+            value = round(float(row["value"][1]))
+            out.setdefault(labels["feature"], {})[labels["result"]] = value
+    return out

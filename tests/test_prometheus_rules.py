@@ -115,6 +115,7 @@ def test_dashboard_is_valid_grafana_json() -> None:
         "Fallbacks to legacy by reason",
         "Guard",
         "Config reloads",
+        "Shadow match rate per feature",
     } <= titles
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
@@ -132,7 +133,10 @@ async def test_every_promql_name_is_exposed_by_a_running_proxy(
 ) -> None:
     signal = await upstream(signal_app())
     legacy = await upstream(legacy_app())
-    proxy = serve_proxy(config_dict(server_url(signal), server_url(legacy)))
+    # Shadow on, so its labelled series exist too.
+    proxy = serve_proxy(
+        config_dict(server_url(signal), server_url(legacy), shadow={"enabled": True})
+    )
     async with aiohttp.ClientSession() as client:
         for sid in ("to-signal", "someone"):
             async with client.get(proxy.url + "/health", headers={"X-Session-Id": sid}) as r:
