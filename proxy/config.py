@@ -215,6 +215,8 @@ def _diff(old: object, new: object, path: str, out: list[str]) -> None:
         return
     if is_dataclass(old) and is_dataclass(new) and type(old) is type(new):
         for f in fields(old):
+            if not f.compare:
+                continue  # derived from another field, e.g. Upstream.host from url
             if f.name == "token":
                 # Never print a secret, only that it changed.
                 if getattr(old, f.name) != getattr(new, f.name):
@@ -698,6 +700,8 @@ def as_mapping(value: object) -> Mapping[str, Any]:
     if is_dataclass(value) and not isinstance(value, type):
         out: dict[str, Any] = {}
         for f in fields(value):
+            if not f.compare:
+                continue
             if f.name == "token":
                 out[f.name] = None if getattr(value, f.name) is None else "***"
                 continue
