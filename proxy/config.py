@@ -27,7 +27,6 @@ DEFAULT_FEATURE = "default"
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _FEATURE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-_METHOD = re.compile(r"^[A-Z]{1,16}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,8 +444,14 @@ def _status(value: int) -> str | None:
     return None if 100 <= value <= 599 else "is not an HTTP status (100-599)"
 
 
-def _method(value: str) -> str | None:
-    return None if _METHOD.match(value) else "is not an HTTP method in capitals"
+# Mirroring replays a request on a second system: only methods that change nothing.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _safe_method(value: str) -> str | None:
+    if value not in SAFE_METHODS:
+        return "cannot be mirrored: only GET, HEAD and OPTIONS change nothing when replayed"
+    return None
 
 
 def _path_prefix(value: str) -> str | None:
@@ -675,7 +680,7 @@ def _build_shadow(s: _Section) -> ShadowConfig:
     value = ShadowConfig(
         enabled=s.get("enabled", bool, d.enabled),
         percentage=s.get("percentage", float, d.percentage, _percentage),
-        methods=frozenset(s.get_list("methods", str, tuple(sorted(d.methods)), _method)),
+        methods=frozenset(s.get_list("methods", str, tuple(sorted(d.methods)), _safe_method)),
         ignore=s.get_list("ignore", str, d.ignore, _non_empty),
         learn_noise=s.get("learn_noise", bool, d.learn_noise),
         max_in_flight=s.get("max_in_flight", int, d.max_in_flight, _at_least_one),

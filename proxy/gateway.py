@@ -186,7 +186,8 @@ async def _proxy(
         request, response, config, outcome, fallback_reason, minted, deadline, capture
     )
     if capture is not None and capture.complete:
-        # The client's response is written by now; the mirror runs as its own task.
+        # A task of its own: it first runs when this one yields, which is after aiohttp
+        # has written the response we return (or, for a stream, after our write_eof).
         runtime.mirror(request, config, decision.feature, body, extra, response, capture)
     return out
 

@@ -54,6 +54,7 @@ class Runtime:
             legacy_window=Window(config.guard.window_seconds),
         )
         runtime.metrics.apply_config(config, guard_tripped=False)
+        runtime.shadow.configure(config.shadow)
         return runtime
 
     def pool(self, upstream: Upstream) -> Pool:

@@ -92,7 +92,9 @@ class Shadow:
 
     def configure(self, shadow: ShadowConfig) -> None:
         if self.diffs.maxlen != shadow.keep_diffs:
-            self.diffs = collections.deque(self.diffs, maxlen=shadow.keep_diffs)
+            # Newest first: keep the head of the list, not its tail.
+            newest = list(self.diffs)[: shadow.keep_diffs]
+            self.diffs = collections.deque(newest, maxlen=shadow.keep_diffs)
 
     def sampled(self, shadow: ShadowConfig, method: str) -> bool:
         return should_mirror(shadow, method, self.rng.random())

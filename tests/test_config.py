@@ -719,3 +719,17 @@ def test_one_bad_feature_path_is_one_problem() -> None:
     assert exc.value.problems == [
         "rollout.features.anomalyDetection.paths[1]: 'signals/x' does not start with '/'"
     ]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "get"])
+def test_shadow_mirrors_only_safe_methods(method: str) -> None:
+    text = (
+        "upstreams: {signal: {url: http://a}, legacy: {url: http://b}}\n"
+        f"shadow: {{enabled: true, methods: [GET, {method}]}}\n"
+    )
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text)
+    assert exc.value.problems == [
+        f"shadow.methods[1]: '{method}' cannot be mirrored: only GET, HEAD and OPTIONS "
+        "change nothing when replayed"
+    ]
