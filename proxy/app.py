@@ -33,7 +33,11 @@ DEFAULT_GRACE_SECONDS = 1.0
 def create_server(runtime: Runtime) -> web.Server:
     """The public server: aiohttp's low-level server around the gateway handler."""
     # auto_decompress off: a gzip request body is forwarded as the bytes the client sent.
-    return web.Server(make_handler(runtime), max_field_size=16384, auto_decompress=False)
+    # No access log: a line per request costs CPU on every request and would write
+    # client paths to the log; metrics count the traffic.
+    return web.Server(
+        make_handler(runtime), max_field_size=16384, auto_decompress=False, access_log=None
+    )
 
 
 @contextlib.asynccontextmanager

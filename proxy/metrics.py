@@ -181,8 +181,11 @@ class Metrics:
 
     def apply_config(self, config: Config, *, guard_tripped: bool) -> None:
         """Refresh the configuration gauges and pre-create the per-feature series."""
-        self.percentage.clear()
-        self.effective_percentage.clear()
+        if self.exposition is self.registry:
+            # Drop the series of removed features. (Not possible in multiprocess mode:
+            # a removed feature's last value stays until the workers restart.)
+            self.percentage.clear()
+            self.effective_percentage.clear()
         for feature, pct in config.feature_percentages().items():
             self.percentage.labels(feature=feature).set(pct)
             effective = 0.0 if (config.rollout.emergency or guard_tripped) else pct

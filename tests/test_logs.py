@@ -58,4 +58,6 @@ async def test_too_many_headers_is_400_with_a_one_line_log(
     assert ok.status == 200
     logs = proxy.logs()
     assert "Traceback" not in logs
+    assert "aiohttp.access" not in logs  # no line per request (cost, and paths in logs)
+    assert "GET /health" not in logs
     assert logs.count("rejected a malformed request from 127.0.0.1: 400") == 1

@@ -87,6 +87,7 @@ async def test_two_workers_share_the_port_and_metrics_are_aggregated(
 
     proxy.signal(signal.SIGTERM)
     assert proxy.proc.wait(30) == 0
+    assert "Warning" not in proxy.logs()
     assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
 
 
