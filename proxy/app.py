@@ -29,6 +29,8 @@ log = logging.getLogger("rollout")
 # endpoints stop sending new connections before they would be refused.
 DEFAULT_GRACE_SECONDS = 1.0
 
+KEEPALIVE_SECONDS = 75.0
+
 
 def create_server(runtime: Runtime) -> web.Server:
     """The public server: aiohttp's low-level server around the gateway handler."""
@@ -36,7 +38,15 @@ def create_server(runtime: Runtime) -> web.Server:
     # No access log: a line per request costs CPU on every request and would write
     # client paths to the log; metrics count the traffic.
     return web.Server(
-        make_handler(runtime), max_field_size=16384, auto_decompress=False, access_log=None
+        make_handler(runtime),
+        max_field_size=16384,
+        max_headers=100,
+        auto_decompress=False,
+        access_log=None,
+        # aiohttp has no request-head timeout; its keep-alive timer is what closes a
+        # connection that never completes a request (slowloris). 75 s as nginx and
+        # `web.run_app` use; the low-level server's own default is an hour.
+        keepalive_timeout=KEEPALIVE_SECONDS,
     )
 
 
@@ -81,21 +91,22 @@ async def serve(
     """
     config = load_config(path)
     runtime = build_runtime(path, config)
-    public_runner = web.ServerRunner(
-        create_server(runtime), shutdown_timeout=config.timeouts.total + 1
-    )
+    # The drain is ours (see _serve_until_stopped); aiohttp's own shutdown only has to
+    # close idle keep-alive connections, which takes no time.
+    public_runner = web.ServerRunner(create_server(runtime), shutdown_timeout=1.0)
     admin_runner = web.AppRunner(create_admin_app(runtime), access_log=None)
     await public_runner.setup()
     await admin_runner.setup()
     try:
         if not worker_index:
             await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
-        await web.TCPSite(
+        public_site = web.TCPSite(
             public_runner,
             config.listen.host,
             config.listen.port,
             reuse_port=worker_index is not None or None,
-        ).start()
+        )
+        await public_site.start()
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         await public_runner.cleanup()
@@ -104,7 +115,7 @@ async def serve(
 
     async with running(runtime, poll_interval=poll_interval):
         return await _serve_until_stopped(
-            runtime, config, path, grace, on_ready, public_runner, admin_runner
+            runtime, config, path, grace, on_ready, public_site, public_runner, admin_runner
         )
 
 
@@ -114,6 +125,7 @@ async def _serve_until_stopped(
     path: Path,
     grace: float,
     on_ready: Callable[[], None] | None,
+    public_site: web.BaseSite,
     public_runner: web.BaseRunner,
     admin_runner: web.BaseRunner,
 ) -> int:
@@ -136,10 +148,16 @@ async def _serve_until_stopped(
         on_ready()
     await stop.wait()
 
-    runtime.draining = True
+    runtime.draining = True  # /-/ready 503; responses now say Connection: close
     log.info("shutting down: not ready now, closing the listener in %.1f s", grace)
     await asyncio.sleep(grace)
-    await public_runner.cleanup()  # stops accepting, waits for requests in flight
+    await public_site.stop()  # no new connections
+    # Our own drain rather than aiohttp's shutdown timeout: aiohttp waits the whole
+    # timeout for a connection accepted just before the listener closed, whose request
+    # it then discards; we wait exactly for the requests really in flight.
+    if not await runtime.wait_idle(config.timeouts.total + 1):
+        log.warning("%d requests still in flight after the drain timeout", runtime.active)
+    await public_runner.cleanup()
     await admin_runner.cleanup()
     log.info("stopped")
     return 0

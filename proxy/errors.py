@@ -2,6 +2,7 @@
 
     RolloutError
     ├── ConfigError            the YAML file is unreadable or invalid (every problem listed)
+    ├── ClientGoneError        the client disconnected while its request was being read
     └── UpstreamError          one attempt against one upstream failed
         ├── UpstreamConnectError   refused / connect timeout: nothing was sent
         ├── UpstreamTimeoutError   no response headers within the deadline
@@ -27,6 +28,11 @@ class ConfigError(RolloutError):
         self.source = source
         self.problems = problems
         super().__init__(f"{source}: " + "; ".join(problems))
+
+
+class ClientGoneError(RolloutError):
+    """The client went away mid-request; deliberately not an OSError, so that it is never
+    mistaken for (and counted as) an upstream connection failure."""
 
 
 class FailureReason(StrEnum):

@@ -16,7 +16,12 @@ from aiohttp import StreamReader, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.config import Upstream
-from proxy.errors import UpstreamError, UpstreamResetError, UpstreamTimeoutError
+from proxy.errors import (
+    ClientGoneError,
+    UpstreamError,
+    UpstreamResetError,
+    UpstreamTimeoutError,
+)
 from proxy.upstream import Pool, UpstreamResponse, build_head
 
 # RFC 9110 section 7.6.1, plus the legacy Keep-Alive / Proxy-Connection.
@@ -81,12 +86,22 @@ class RequestBody:
     async def _iterate(self, stream: StreamReader) -> AsyncIterator[bytes]:
         for chunk in self.prefix:
             yield chunk
-        async for chunk in stream.iter_chunked(_READ_CHUNK):
-            yield chunk
+        try:
+            async for chunk in stream.iter_chunked(_READ_CHUNK):
+                yield chunk
+        except ConnectionError as exc:
+            raise ClientGoneError("client disconnected during the upload") from exc
 
 
 async def read_body(request: web.BaseRequest, max_buffered: int) -> RequestBody:
     """Buffer up to `max_buffered` bytes so the request can be replayed; stream beyond."""
+    try:
+        return await _read_body(request, max_buffered)
+    except ConnectionError as exc:
+        raise ClientGoneError("client disconnected during the upload") from exc
+
+
+async def _read_body(request: web.BaseRequest, max_buffered: int) -> RequestBody:
     if not request.body_exists:
         return RequestBody(None, [], None, None)
     length = request.content_length
@@ -157,10 +172,28 @@ def upstream_target(request: web.BaseRequest) -> str:
     return target
 
 
-def client_response_headers(upstream_headers: list[tuple[str, str]]) -> CIMultiDict[str]:
-    """The upstream's response headers minus hop-by-hop ones."""
+def client_response_headers(
+    upstream: str, upstream_headers: list[tuple[str, str]]
+) -> CIMultiDict[str]:
+    """The upstream's response headers minus hop-by-hop ones.
+
+    A value that is not UTF-8 cannot be written by aiohttp (it would silently lose the
+    bytes), so such a response is refused as invalid rather than altered.
+    """
     dropped = _dropped_names(upstream_headers)
-    return CIMultiDict((k, v) for k, v in upstream_headers if k.lower() not in dropped)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream_headers:
+        if name.lower() in dropped:
+            continue
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UpstreamResetError(
+                    upstream, f"invalid response: header {name} is not UTF-8"
+                ) from None
+        out.add(name, value)
+    return out
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.config import Config, Upstream
-from proxy.errors import FailureReason, UpstreamError
+from proxy.errors import ClientGoneError, FailureReason, UpstreamError
 from proxy.fallback import should_fall_back
 from proxy.forward import (
     RequestBody,
@@ -74,6 +74,13 @@ def make_handler(runtime: Runtime) -> Handler:
 
 
 async def _handle(request: web.BaseRequest, runtime: Runtime) -> web.StreamResponse:
+    if request.method == "CONNECT":
+        # Never a tunnel: this is a gateway to two fixed upstreams, not a forward proxy.
+        return web.json_response(
+            {"error": "CONNECT is not supported", "upstream": None},
+            status=405,
+            headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
+        )
     config = runtime.store.config
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -91,11 +98,18 @@ async def _handle(request: web.BaseRequest, runtime: Runtime) -> web.StreamRespo
     metrics = runtime.metrics
     metrics.routed(decision.side, decision.reason)
     metrics.in_flight.inc()
+    runtime.request_started()
     outcome = _Outcome(decision.side)
     try:
         return await _proxy(request, runtime, config, decision, minted, deadline, outcome)
+    except ClientGoneError:
+        # The client left while sending its body: not the upstream's fault, not counted
+        # against it, and nobody to answer.
+        outcome.code = CLIENT_GONE
+        return web.Response(status=CLIENT_GONE)
     finally:
         metrics.in_flight.dec()
+        runtime.request_finished()
         if outcome.code:
             metrics.answered(
                 outcome.side,
@@ -183,7 +197,15 @@ async def _proxy(
     ):
         capture = Capture(config.fallback.max_body_bytes)
     out = await _relay(
-        request, response, config, outcome, fallback_reason, minted, deadline, capture
+        request,
+        response,
+        config,
+        outcome,
+        fallback_reason,
+        minted,
+        deadline,
+        capture,
+        runtime.draining,
     )
     if capture is not None and capture.complete:
         # A task of its own: it first runs when this one yields, which is after aiohttp
@@ -270,33 +292,34 @@ async def _relay(
     minted: str | None,
     deadline: float,
     capture: Capture | None = None,
+    draining: bool = False,
 ) -> web.StreamResponse:
     """Send the upstream's answer to the client; abort the connection on a mid-body failure."""
     side = outcome.side
-    headers = client_response_headers(upstream_response.headers)
-    headers[UPSTREAM_HEADER] = side.value
-    if fallback_reason is not None:
-        headers[FALLBACK_HEADER] = fallback_reason.value
     status, reason = upstream_response.status, upstream_response.reason or None
     length = upstream_response.content_length
     small = length is not None and length <= SMALL_BODY and request.method != "HEAD"
-    out: web.StreamResponse
+    out: web.StreamResponse | None = None
     try:
         with translate_errors(side.value):
+            headers = client_response_headers(side.value, upstream_response.headers)
+            headers[UPSTREAM_HEADER] = side.value
+            if fallback_reason is not None:
+                headers[FALLBACK_HEADER] = fallback_reason.value
             async with asyncio.timeout_at(deadline):
                 if small:
                     # One write for head and body: the common case of an API answer.
                     body = await upstream_response.read()
                     del headers["Content-Length"]
                     out = web.Response(status=status, reason=reason, headers=headers, body=body)
-                    _set_cookie(out, config, minted)
+                    _finish_headers(out, config, minted, draining)
                     upstream_response.release()
                     if capture is not None:
                         capture.add(body)
                         capture.complete = True
                     return out
                 out = web.StreamResponse(status=status, reason=reason, headers=headers)
-                _set_cookie(out, config, minted)
+                _finish_headers(out, config, minted, draining)
                 await out.prepare(request)
                 async for chunk in upstream_response.iter_chunks():
                     await out.write(chunk)
@@ -307,7 +330,7 @@ async def _relay(
             capture.complete = True
     except UpstreamError as err:
         upstream_response.close()
-        if small:
+        if out is None or not out.prepared:
             outcome.code = err.status
             return _error_response(err, fallback_reason)
         # Headers are gone already: closing without the final chunk (or short of
@@ -319,7 +342,7 @@ async def _relay(
         # The client went away; stop reading the upstream. aiohttp finishes quietly.
         upstream_response.close()
         outcome.code = CLIENT_GONE
-        return out
+        return out if out is not None else web.Response(status=CLIENT_GONE)
     except asyncio.CancelledError:
         upstream_response.close()
         raise
@@ -327,9 +350,14 @@ async def _relay(
     return out
 
 
-def _set_cookie(out: web.StreamResponse, config: Config, minted: str | None) -> None:
+def _finish_headers(
+    out: web.StreamResponse, config: Config, minted: str | None, draining: bool
+) -> None:
     if minted:
         out.set_cookie(config.session.cookie, minted, httponly=True, samesite="Lax", path="/")
+    if draining:
+        # Shutting down: tell keep-alive clients to reconnect (to another replica).
+        out.force_close()
 
 
 def _abort(request: web.BaseRequest) -> None:

@@ -36,7 +36,10 @@ class ClientErrorFilter(logging.Filter):
             return False
         folded, self._folded, self._last = self._folded, 0, now
         peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-        detail = " ".join(str(exc.message).split()) if exc.message else type(exc).__name__
+        # Only the parser's reason: its message goes on to quote the offending bytes,
+        # which can be a session id or a token.
+        message = str(exc.message or "").split(":", 1)[0]
+        detail = " ".join(message.split()) or type(exc).__name__
         record.msg = "rejected a malformed request from %s: %s %s%s"
         record.args = (peer, exc.code, detail, f" ({folded} more since)" if folded else "")
         record.exc_info = None

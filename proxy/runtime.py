@@ -5,6 +5,7 @@ A reload swaps only `store.config`; everything here survives it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ class Runtime:
     pools: dict[str, Pool] = field(default_factory=dict)
     shadow: Shadow = field(default_factory=Shadow)
     draining: bool = False
+    active: int = 0  # requests in the gateway now (the drain waits for 0)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -56,6 +59,26 @@ class Runtime:
         runtime.metrics.apply_config(config, guard_tripped=False)
         runtime.shadow.configure(config.shadow)
         return runtime
+
+    def request_started(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def request_finished(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Until no request is in flight; False if `timeout` passed first."""
+        if self.active == 0:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def pool(self, upstream: Upstream) -> Pool:
         """The connection pool for an upstream URL; a URL changed by reload gets a new one."""

@@ -307,12 +307,25 @@ class Pool:
         self.ssl: ssl.SSLContext | None = ssl.create_default_context() if tls else None
         self.keepalive_timeout = keepalive_timeout
         self._idle: collections.deque[Connection] = collections.deque()
+        self._reaper: asyncio.TimerHandle | None = None
 
     def give_back(self, conn: Connection) -> None:
         conn.idle_since = time.monotonic()
         self._idle.append(conn)
         while len(self._idle) > MAX_IDLE_PER_POOL:
             self._idle.popleft().abort()
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().call_later(self.keepalive_timeout, self._reap)
+
+    def _reap(self) -> None:
+        """Close connections idle past the keep-alive timeout (oldest are at the left)."""
+        self._reaper = None
+        cutoff = time.monotonic() - self.keepalive_timeout
+        while self._idle and (self._idle[0].closed or self._idle[0].idle_since <= cutoff):
+            self._idle.popleft().abort()
+        if self._idle:
+            wait = self._idle[0].idle_since + self.keepalive_timeout - time.monotonic()
+            self._reaper = asyncio.get_running_loop().call_later(max(wait, 0.1), self._reap)
 
     def _take_idle(self) -> Connection | None:
         cutoff = time.monotonic() - self.keepalive_timeout
@@ -366,6 +379,9 @@ class Pool:
         return await _guarded(conn.exchange(method, head, body, chunked), conn)
 
     def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         while self._idle:
             self._idle.pop().abort()
 
