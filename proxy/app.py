@@ -1,7 +1,8 @@
-"""Wiring: the public and admin applications, their lifecycles, and `serve()`.
+"""Wiring: the public server and the admin application, their lifecycles, and `serve()`.
 
-The public side is aiohttp's low-level `web.Server` (no router: every request is
-proxied); its lifecycle (config watcher, connection pools) is the `running()` context.
+The public side is our own HTTP server (`proxy.server`: every request is proxied, nothing
+to route); the admin side an aiohttp application. The process's background work (config
+watcher, connection pools, shadow mirrors) is the `running()` context.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from proxy.config import Config, load_config
 from proxy.gateway import make_handler
 from proxy.reload import POLL_INTERVAL, reload_now, watch
 from proxy.runtime import Runtime
+from proxy.server import HttpServer
 from proxy.store import ConfigStore
 
 log = logging.getLogger("rollout")
@@ -30,24 +32,6 @@ log = logging.getLogger("rollout")
 DEFAULT_GRACE_SECONDS = 1.0
 
 KEEPALIVE_SECONDS = 75.0
-
-
-def create_server(runtime: Runtime) -> web.Server:
-    """The public server: aiohttp's low-level server around the gateway handler."""
-    # auto_decompress off: a gzip request body is forwarded as the bytes the client sent.
-    # No access log: a line per request costs CPU on every request and would write
-    # client paths to the log; metrics count the traffic.
-    return web.Server(
-        make_handler(runtime),
-        max_field_size=16384,
-        max_headers=100,
-        auto_decompress=False,
-        access_log=None,
-        # aiohttp has no request-head timeout; its keep-alive timer is what closes a
-        # connection that never completes a request (slowloris). 75 s as nginx and
-        # `web.run_app` use; the low-level server's own default is an hour.
-        keepalive_timeout=KEEPALIVE_SECONDS,
-    )
 
 
 @contextlib.asynccontextmanager
@@ -91,31 +75,25 @@ async def serve(
     """
     config = load_config(path)
     runtime = build_runtime(path, config)
-    # The drain is ours (see _serve_until_stopped); aiohttp's own shutdown only has to
-    # close idle keep-alive connections, which takes no time.
-    public_runner = web.ServerRunner(create_server(runtime), shutdown_timeout=1.0)
+    # A connection that has not completed a request head within this time is closed:
+    # idle keep-alive clients and slowloris alike (75 s, as nginx and aiohttp's run_app).
+    public = HttpServer(make_handler(runtime), keepalive=KEEPALIVE_SECONDS)
     admin_runner = web.AppRunner(create_admin_app(runtime), access_log=None)
-    await public_runner.setup()
     await admin_runner.setup()
     try:
         if not worker_index:
             await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
-        public_site = web.TCPSite(
-            public_runner,
-            config.listen.host,
-            config.listen.port,
-            reuse_port=worker_index is not None or None,
+        await public.start(
+            config.listen.host, config.listen.port, reuse_port=worker_index is not None
         )
-        await public_site.start()
     except OSError as exc:
         log.error("cannot listen: %s", exc)
-        await public_runner.cleanup()
         await admin_runner.cleanup()
         return 2
 
     async with running(runtime, poll_interval=poll_interval):
         return await _serve_until_stopped(
-            runtime, config, path, grace, on_ready, public_site, public_runner, admin_runner
+            runtime, config, path, grace, on_ready, public, admin_runner
         )
 
 
@@ -125,8 +103,7 @@ async def _serve_until_stopped(
     path: Path,
     grace: float,
     on_ready: Callable[[], None] | None,
-    public_site: web.BaseSite,
-    public_runner: web.BaseRunner,
+    public: HttpServer,
     admin_runner: web.BaseRunner,
 ) -> int:
     stop = asyncio.Event()
@@ -148,16 +125,14 @@ async def _serve_until_stopped(
         on_ready()
     await stop.wait()
 
-    runtime.draining = True  # /-/ready 503; responses now say Connection: close
+    runtime.draining = True  # /-/ready 503
+    public.begin_drain()  # responses now say Connection: close
     log.info("shutting down: not ready now, closing the listener in %.1f s", grace)
     await asyncio.sleep(grace)
-    await public_site.stop()  # no new connections
-    # Our own drain rather than aiohttp's shutdown timeout: aiohttp waits the whole
-    # timeout for a connection accepted just before the listener closed, whose request
-    # it then discards; we wait exactly for the requests really in flight.
+    public.stop_listening()  # no new connections; idle ones closed
     if not await runtime.wait_idle(config.timeouts.total + 1):
         log.warning("%d requests still in flight after the drain timeout", runtime.active)
-    await public_runner.cleanup()
+    public.close_all()
     await admin_runner.cleanup()
     log.info("stopped")
     return 0

@@ -12,16 +12,15 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from aiohttp import StreamReader, web
-from multidict import CIMultiDict, CIMultiDictProxy
+import httptools
 
 from proxy.config import Upstream
 from proxy.errors import (
-    ClientGoneError,
     UpstreamError,
     UpstreamResetError,
     UpstreamTimeoutError,
 )
+from proxy.server import IncomingBody, Request
 from proxy.upstream import Pool, UpstreamResponse, build_head
 
 # RFC 9110 section 7.6.1, plus the legacy Keep-Alive / Proxy-Connection.
@@ -46,22 +45,19 @@ _REPLACED = frozenset(
     {"host", "expect", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
 )
 
+# The response framing is the server's to write, for the body it actually sends.
+_FRAMING = frozenset({"content-length"})
+
+_REQUEST_DROPPED = HOP_BY_HOP | _REPLACED
+_RESPONSE_DROPPED = HOP_BY_HOP | _FRAMING
+
 # Methods whose empty body is still announced with `Content-Length: 0` (RFC 9110 8.6).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
-_READ_CHUNK = 64 * 1024
 
-
-def _dropped_names(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
-    """Hop-by-hop names, including every header the `Connection` header lists."""
-    named = {
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == "connection"
-        for token in value.split(",")
-        if token.strip()
-    }
-    return HOP_BY_HOP | named if named else HOP_BY_HOP
+def _connection_tokens(values: Iterable[str]) -> set[str]:
+    """The header names a `Connection` header lists: hop-by-hop too (RFC 9110 7.6.1)."""
+    return {token.strip().lower() for value in values for token in value.split(",")} - {""}
 
 
 @dataclass(slots=True)
@@ -70,7 +66,7 @@ class RequestBody:
 
     data: bytes | None
     prefix: list[bytes]
-    stream: StreamReader | None
+    stream: IncomingBody | None
     length: int | None  # declared Content-Length of a streamed body
 
     @property
@@ -83,63 +79,55 @@ class RequestBody:
             return self.data
         return self._iterate(self.stream)
 
-    async def _iterate(self, stream: StreamReader) -> AsyncIterator[bytes]:
+    async def _iterate(self, stream: IncomingBody) -> AsyncIterator[bytes]:
         for chunk in self.prefix:
             yield chunk
-        try:
-            async for chunk in stream.iter_chunked(_READ_CHUNK):
-                yield chunk
-        except ConnectionError as exc:
-            raise ClientGoneError("client disconnected during the upload") from exc
+        async for chunk in stream:
+            yield chunk
 
 
-async def read_body(request: web.BaseRequest, max_buffered: int) -> RequestBody:
-    """Buffer up to `max_buffered` bytes so the request can be replayed; stream beyond."""
-    try:
-        return await _read_body(request, max_buffered)
-    except ConnectionError as exc:
-        raise ClientGoneError("client disconnected during the upload") from exc
+NO_BODY = RequestBody(None, [], None, None)
 
 
-async def _read_body(request: web.BaseRequest, max_buffered: int) -> RequestBody:
-    if not request.body_exists:
-        return RequestBody(None, [], None, None)
+async def read_body(request: Request, max_buffered: int) -> RequestBody:
+    """Buffer up to `max_buffered` bytes so the request can be replayed; stream beyond.
+
+    Raises `ClientGoneError` if the client leaves before its body is in.
+    """
+    stream = request.body
+    if stream is None:
+        return NO_BODY
     length = request.content_length
     if length is not None and length > max_buffered:
-        return RequestBody(None, [], request.content, length)
+        return RequestBody(None, [], stream, length)
     chunks: list[bytes] = []
     size = 0
-    while True:
-        chunk = await request.content.readany()
-        if not chunk:
-            return RequestBody(b"".join(chunks), [], None, None)
+    while chunk := await stream.read():
         chunks.append(chunk)
         size += len(chunk)
         if size > max_buffered:
-            return RequestBody(None, chunks, request.content, length)
+            return RequestBody(None, chunks, stream, length)
+    return RequestBody(b"".join(chunks), [], None, None)
 
 
 def request_head(
-    request: web.BaseRequest,
+    request: Request,
     upstream: Upstream,
     body: RequestBody,
     extra: dict[str, str] | None = None,
 ) -> tuple[bytes, bool]:
     """The request line and headers for the upstream (SPEC 4), and whether to chunk."""
     incoming = request.headers
-    items = list(incoming.items())
-    dropped = _dropped_names(items)
-    out = [
-        (name, value)
-        for name, value in items
-        if (lower := name.lower()) not in dropped
-        and lower not in _REPLACED
-        and not (extra and name in extra)
-    ]
-    peer = request.remote or ""
-    prior = ", ".join(incoming.getall("X-Forwarded-For", ()))
+    dropped = _REQUEST_DROPPED
+    if incoming.get("Connection") is not None:
+        dropped = dropped | _connection_tokens(incoming.getall("Connection"))
+    out = [(name, value) for name, value in incoming.items if name.lower() not in dropped]
+    if extra:
+        out = [(name, value) for name, value in out if name not in extra]
+    peer = request.peer
+    prior = incoming.get("X-Forwarded-For") and ", ".join(incoming.getall("X-Forwarded-For"))
     out.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
-    out.append(("X-Forwarded-Proto", request.scheme))
+    out.append(("X-Forwarded-Proto", "http"))
     host = incoming.get("Host")
     if host:
         out.append(("X-Forwarded-Host", host))
@@ -162,37 +150,33 @@ def request_head(
     return build_head(request.method, upstream_target(request), out, framing), chunked
 
 
-def upstream_target(request: web.BaseRequest) -> str:
+def upstream_target(request: Request) -> str:
     """The client's path and query, byte for byte."""
-    target = request.raw_path
-    if not target.startswith("/"):
+    target = request.target
+    if not target.startswith("/") and target != "*":
         # Absolute-form request line (`GET http://other.host/x`): keep only path and
         # query; the host part is never used.
-        target = request.rel_url.raw_path_qs or "/"
+        url = httptools.parse_url(target.encode("utf-8", "surrogateescape"))
+        path = (url.path or b"/").decode("utf-8", "surrogateescape")
+        target = f"{path}?{url.query.decode('utf-8', 'surrogateescape')}" if url.query else path
     return target
 
 
-def client_response_headers(
-    upstream: str, upstream_headers: list[tuple[str, str]]
-) -> CIMultiDict[str]:
-    """The upstream's response headers minus hop-by-hop ones.
-
-    A value that is not UTF-8 cannot be written by aiohttp (it would silently lose the
-    bytes), so such a response is refused as invalid rather than altered.
-    """
-    dropped = _dropped_names(upstream_headers)
-    out: CIMultiDict[str] = CIMultiDict()
+def client_response_headers(upstream_headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The upstream's response headers minus hop-by-hop and framing ones, values byte for
+    byte (any non-UTF-8 bytes were decoded with surrogateescape and are written back so)."""
+    out: list[tuple[str, str]] = []
+    listed: list[str] = []
     for name, value in upstream_headers:
-        if name.lower() in dropped:
+        lower = name.lower()
+        if lower in _RESPONSE_DROPPED:
+            if lower == "connection":
+                listed.append(value)
             continue
-        if not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise UpstreamResetError(
-                    upstream, f"invalid response: header {name} is not UTF-8"
-                ) from None
-        out.add(name, value)
+        out.append((name, value))
+    if listed:
+        named = _connection_tokens(listed)
+        out = [(name, value) for name, value in out if name.lower() not in named]
     return out
 
 
@@ -211,24 +195,36 @@ def translate_errors(upstream: str) -> Iterator[None]:
 
 async def send(
     pool: Pool,
-    request: web.BaseRequest,
+    method: str,
     head: bytes,
     chunked: bool,
     body: RequestBody,
     *,
     connect_timeout: float,
-    headers_timeout: float,
+    deadline: float,
 ) -> UpstreamResponse:
-    """Send the request; return once the response headers are in."""
+    """Send the request; return once the response headers are in, by `deadline`."""
+    payload = body.payload()
+    if body.stream is None:
+        return await pool.request(
+            method,
+            head,
+            payload,
+            chunked=chunked,
+            connect_timeout=connect_timeout,
+            deadline=deadline,
+        )
+    # A streamed upload waits on the client too, which the pool's timer cannot wake.
     with translate_errors(pool.name):
-        async with asyncio.timeout(headers_timeout):
+        async with asyncio.timeout_at(deadline):
             return await pool.request(
-                request.method,
+                method,
                 head,
-                body.payload(),
+                payload,
                 chunked=chunked,
                 connect_timeout=connect_timeout,
+                deadline=deadline,
             )
 
 
-__all__ = ["CIMultiDictProxy", "RequestBody", "read_body", "request_head", "send"]
+__all__ = ["RequestBody", "read_body", "request_head", "send"]

@@ -7,12 +7,8 @@ request half way; everything else it touches (pools, metrics, guard) is runtime 
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
-from collections.abc import Awaitable, Callable
-
-from aiohttp import web
-from multidict import CIMultiDict
 
 from proxy.config import Config, Upstream
 from proxy.errors import ClientGoneError, FailureReason, UpstreamError
@@ -27,6 +23,7 @@ from proxy.forward import (
 )
 from proxy.routing import Decision, Side, choose_upstream, find_session_id, mint_session_id
 from proxy.runtime import Runtime
+from proxy.server import Handler, Request
 from proxy.upstream import UpstreamResponse
 
 log = logging.getLogger("rollout.gateway")
@@ -45,6 +42,7 @@ _ERROR_MESSAGES = {
     FailureReason.TIMEOUT: "upstream timed out",
     FailureReason.RESET: "upstream connection failed",
 }
+_ALLOW = [("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")]
 
 
 class _Outcome:
@@ -57,58 +55,44 @@ class _Outcome:
         self.code = 0
 
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-
-
 def make_handler(runtime: Runtime) -> Handler:
-    """The handler for aiohttp's low-level server: every path and method is proxied.
-
-    (No Application and router: there is nothing to route, and skipping them saves
-    ~6 % of the CPU per request on the bench.)
-    """
-
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        return await _handle(request, runtime)
-
-    return handle
+    """The public server's handler: every path and method is proxied."""
+    return functools.partial(_handle, runtime=runtime)
 
 
-async def _handle(request: web.BaseRequest, runtime: Runtime) -> web.StreamResponse:
+async def _handle(request: Request, *, runtime: Runtime) -> None:
     if request.method == "CONNECT":
         # Never a tunnel: this is a gateway to two fixed upstreams, not a forward proxy.
-        return web.json_response(
-            {"error": "CONNECT is not supported", "upstream": None},
-            status=405,
-            headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
-        )
+        request.keep_alive = False
+        request.respond_json(405, {"error": "CONNECT is not supported", "upstream": None}, _ALLOW)
+        return
     config = runtime.store.config
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + config.timeouts.total
 
     session = config.session
-    session_id = find_session_id(request.headers, request.headers.get("Cookie"), session)
+    headers = request.headers
+    session_id = find_session_id(headers, headers.get("Cookie"), session)
     minted = None
     if session_id is None and session.set_cookie:
         session_id = minted = mint_session_id()
-    path = request.raw_path.partition("?")[0]
+    path = request.target.partition("?")[0]
     decision = choose_upstream(
         config.rollout, session_id, path, guard_tripped=runtime.guard.trip is not None
     )
     metrics = runtime.metrics
     metrics.routed(decision.side, decision.reason)
-    metrics.in_flight.inc()
     runtime.request_started()
     outcome = _Outcome(decision.side)
     try:
-        return await _proxy(request, runtime, config, decision, minted, deadline, outcome)
+        await _proxy(request, runtime, config, decision, minted, deadline, outcome)
     except ClientGoneError:
         # The client left while sending its body: not the upstream's fault, not counted
         # against it, and nobody to answer.
         outcome.code = CLIENT_GONE
-        return web.Response(status=CLIENT_GONE)
+        request.abort()
     finally:
-        metrics.in_flight.dec()
         runtime.request_finished()
         if outcome.code:
             metrics.answered(
@@ -121,14 +105,14 @@ async def _handle(request: web.BaseRequest, runtime: Runtime) -> web.StreamRespo
 
 
 async def _proxy(
-    request: web.BaseRequest,
+    request: Request,
     runtime: Runtime,
     config: Config,
     decision: Decision,
     minted: str | None,
     deadline: float,
     outcome: _Outcome,
-) -> web.StreamResponse:
+) -> None:
     loop = asyncio.get_running_loop()
     body = await read_body(request, config.fallback.max_body_bytes)
     extra = {config.session.header: minted} if minted else None
@@ -137,20 +121,19 @@ async def _proxy(
 
     if decision.side is Side.SIGNAL:
         signal = config.upstreams.signal
-        budget = deadline - loop.time()
-        if body.buffered:
-            # `timeouts.signal` runs from "request sent"; a streamed upload may take long to
-            # send, so it gets the total budget (it cannot be replayed anyway).
-            budget = min(config.timeouts.signal, budget)
         sent = loop.time()
+        # `timeouts.signal` runs from "request sent"; a streamed upload may take long to
+        # send, so it gets the total budget (it cannot be replayed anyway).
+        until = min(sent + config.timeouts.signal, deadline) if body.buffered else deadline
         try:
-            response = await _attempt(request, runtime, config, signal, body, extra, budget)
+            response = await _attempt(request, runtime, config, signal, body, extra, until)
         except UpstreamError as err:
             runtime.record_attempt(Side.SIGNAL, ok=False, seconds=loop.time() - sent)
             runtime.metrics.upstream_error(Side.SIGNAL, err.reason)
             if not _may_fall_back(config, err.reason, request.method, body):
                 outcome.code = err.status
-                return _error_response(err)
+                _send_error(request, err)
+                return
             fallback_reason = err.reason
         else:
             failed = response.status >= 500
@@ -174,14 +157,13 @@ async def _proxy(
         outcome.side = Side.LEGACY
         sent = loop.time()
         try:
-            response = await _attempt(
-                request, runtime, config, legacy, body, extra, deadline - loop.time()
-            )
+            response = await _attempt(request, runtime, config, legacy, body, extra, deadline)
         except UpstreamError as err:
             runtime.record_attempt(Side.LEGACY, ok=False, seconds=loop.time() - sent)
             runtime.metrics.upstream_error(Side.LEGACY, err.reason)
             outcome.code = err.status
-            return _error_response(err, fallback_reason)
+            _send_error(request, err, fallback_reason)
+            return
         failed = response.status >= 500
         runtime.record_attempt(Side.LEGACY, ok=not failed, seconds=loop.time() - sent)
         if failed:
@@ -196,22 +178,10 @@ async def _proxy(
         and runtime.shadow.sampled(config.shadow, request.method)
     ):
         capture = Capture(config.fallback.max_body_bytes)
-    out = await _relay(
-        request,
-        response,
-        config,
-        outcome,
-        fallback_reason,
-        minted,
-        deadline,
-        capture,
-        runtime.draining,
-    )
+    await _relay(request, response, config, outcome, fallback_reason, minted, deadline, capture)
     if capture is not None and capture.complete:
-        # A task of its own: it first runs when this one yields, which is after aiohttp
-        # has written the response we return (or, for a stream, after our write_eof).
+        # The client has its whole answer; the comparison runs in a task of its own.
         runtime.mirror(request, config, decision.feature, body, extra, response, capture)
-    return out
 
 
 class Capture:
@@ -248,119 +218,106 @@ def _may_fall_back(config: Config, reason: FailureReason, method: str, body: Req
 
 
 async def _attempt(
-    request: web.BaseRequest,
+    request: Request,
     runtime: Runtime,
     config: Config,
     upstream: Upstream,
     body: RequestBody,
     extra: dict[str, str] | None,
-    budget: float,
+    deadline: float,
 ) -> UpstreamResponse:
+    """Send the request; return once the response headers are in, by `deadline`."""
     head, chunked = request_head(request, upstream, body, extra)
     return await send(
         runtime.pool(upstream),
-        request,
+        request.method,
         head,
         chunked,
         body,
         connect_timeout=config.timeouts.connect,
-        headers_timeout=max(budget, 0.001),
+        deadline=deadline,
     )
 
 
-def _error_response(
-    err: UpstreamError, fallback_reason: FailureReason | None = None
-) -> web.Response:
-    headers = CIMultiDict({UPSTREAM_HEADER: err.upstream})
+def _send_error(
+    request: Request, err: UpstreamError, fallback_reason: FailureReason | None = None
+) -> None:
+    headers = [(UPSTREAM_HEADER, err.upstream)]
     if fallback_reason is not None:
-        headers[FALLBACK_HEADER] = fallback_reason.value
-    body = {"error": _ERROR_MESSAGES.get(err.reason, "upstream failed"), "upstream": err.upstream}
-    return web.Response(
-        status=err.status,
-        text=json.dumps(body),
-        content_type="application/json",
-        headers=headers,
-    )
+        headers.append((FALLBACK_HEADER, fallback_reason.value))
+    message = _ERROR_MESSAGES.get(err.reason, "upstream failed")
+    request.respond_json(err.status, {"error": message, "upstream": err.upstream}, headers)
 
 
 async def _relay(
-    request: web.BaseRequest,
+    request: Request,
     upstream_response: UpstreamResponse,
     config: Config,
     outcome: _Outcome,
     fallback_reason: FailureReason | None,
     minted: str | None,
     deadline: float,
-    capture: Capture | None = None,
-    draining: bool = False,
-) -> web.StreamResponse:
+    capture: Capture | None,
+) -> None:
     """Send the upstream's answer to the client; abort the connection on a mid-body failure."""
     side = outcome.side
-    status, reason = upstream_response.status, upstream_response.reason or None
+    status, reason = upstream_response.status, upstream_response.reason
     length = upstream_response.content_length
     small = length is not None and length <= SMALL_BODY and request.method != "HEAD"
-    out: web.StreamResponse | None = None
     try:
         with translate_errors(side.value):
-            headers = client_response_headers(side.value, upstream_response.headers)
-            headers[UPSTREAM_HEADER] = side.value
+            headers = client_response_headers(upstream_response.headers)
+            headers.append((UPSTREAM_HEADER, side.value))
             if fallback_reason is not None:
-                headers[FALLBACK_HEADER] = fallback_reason.value
+                headers.append((FALLBACK_HEADER, fallback_reason.value))
+            if minted:
+                cookie = config.session.cookie
+                headers.append(("Set-Cookie", f"{cookie}={minted}; HttpOnly; Path=/; SameSite=Lax"))
+            body = upstream_response.body_if_complete() if small else None
+            if body is not None:
+                # The common case of an API answer: the whole body came with the headers.
+                # One write for head and body, and no timer to arm.
+                upstream_response.release()
+                request.respond(status, reason, headers, body)
+                if capture is not None:
+                    capture.add(body)
+                    capture.complete = True
+                return
             async with asyncio.timeout_at(deadline):
                 if small:
-                    # One write for head and body: the common case of an API answer.
                     body = await upstream_response.read()
-                    del headers["Content-Length"]
-                    out = web.Response(status=status, reason=reason, headers=headers, body=body)
-                    _finish_headers(out, config, minted, draining)
                     upstream_response.release()
+                    request.respond(status, reason, headers, body)
                     if capture is not None:
                         capture.add(body)
                         capture.complete = True
-                    return out
-                out = web.StreamResponse(status=status, reason=reason, headers=headers)
-                _finish_headers(out, config, minted, draining)
-                await out.prepare(request)
+                    return
+                request.start(status, reason, headers, length)
                 async for chunk in upstream_response.iter_chunks():
-                    await out.write(chunk)
+                    await request.write(chunk)
                     if capture is not None:
                         capture.add(chunk)
-        await out.write_eof()
-        if capture is not None:
-            capture.complete = True
     except UpstreamError as err:
         upstream_response.close()
-        if out is None or not out.prepared:
+        if not request.started:
             outcome.code = err.status
-            return _error_response(err, fallback_reason)
+            _send_error(request, err, fallback_reason)
+            return
         # Headers are gone already: closing without the final chunk (or short of
         # Content-Length) is how HTTP tells the client the body is incomplete.
         log.warning("aborting the client response: %s mid-body", err)
-        _abort(request)
-        return out
+        request.abort()
+        return
     except ConnectionError:
-        # The client went away; stop reading the upstream. aiohttp finishes quietly.
+        # The client went away; stop reading the upstream.
         upstream_response.close()
         outcome.code = CLIENT_GONE
-        return out if out is not None else web.Response(status=CLIENT_GONE)
+        request.abort()
+        return
     except asyncio.CancelledError:
         upstream_response.close()
         raise
     upstream_response.release()
-    return out
-
-
-def _finish_headers(
-    out: web.StreamResponse, config: Config, minted: str | None, draining: bool
-) -> None:
-    if minted:
-        out.set_cookie(config.session.cookie, minted, httponly=True, samesite="Lax", path="/")
-    if draining:
-        # Shutting down: tell keep-alive clients to reconnect (to another replica).
-        out.force_close()
-
-
-def _abort(request: web.BaseRequest) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
+    request.finish()
+    if capture is not None:
+        capture.complete = True

@@ -7,6 +7,7 @@ closed list of methods and the reason enums. A session id never becomes a label.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -115,6 +116,9 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        # Updated per request only where it cannot be read at scrape time (multiprocess
+        # mode keeps gauge values in files); see `count_in_flight`.
+        self.in_flight_per_request = self.exposition is not r
         self.build_info = Gauge(
             "rollout_build_info",
             "Always 1; the version label says which build.",
@@ -147,6 +151,11 @@ class Metrics:
                 upstream=side.value, reason=reason.value
             )
         child.inc()
+
+    def count_in_flight(self, read: Callable[[], float]) -> None:
+        """Read the in-flight gauge from `read` at scrape time: nothing to do per request."""
+        if not self.in_flight_per_request:
+            self.in_flight.set_function(read)
 
     def upstream_error(self, side: Side, reason: FailureReason) -> None:
         key = (side, reason)

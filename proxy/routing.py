@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 import mmh3
 
@@ -98,8 +98,12 @@ def choose_upstream(
     return Decision(side, Reason.BUCKET, name, b)
 
 
+class HeaderLookup(Protocol):
+    def get(self, name: str, /) -> str | None: ...
+
+
 def find_session_id(
-    headers: Mapping[str, str], cookie_header: str | None, session: SessionConfig
+    headers: HeaderLookup, cookie_header: str | None, session: SessionConfig
 ) -> str | None:
     """The session id from the configured header, else the configured cookie."""
     value = headers.get(session.header)

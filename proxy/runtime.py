@@ -19,6 +19,7 @@ from proxy.forward import RequestBody, request_head, upstream_target
 from proxy.guard import Guard
 from proxy.metrics import Metrics
 from proxy.routing import Side
+from proxy.server import Request
 from proxy.shadow import SHADOW_HEADER, Mirror, Shadow
 from proxy.store import ConfigStore
 from proxy.upstream import Pool, UpstreamResponse
@@ -57,17 +58,23 @@ class Runtime:
             legacy_window=Window(config.guard.window_seconds),
         )
         runtime.metrics.apply_config(config, guard_tripped=False)
+        runtime.metrics.count_in_flight(lambda: runtime.active)
         runtime.shadow.configure(config.shadow)
         return runtime
 
     def request_started(self) -> None:
         self.active += 1
-        self._idle.clear()
+        if self.active == 1:
+            self._idle.clear()
+        if self.metrics.in_flight_per_request:
+            self.metrics.in_flight.inc()
 
     def request_finished(self) -> None:
         self.active -= 1
         if self.active == 0:
             self._idle.set()
+        if self.metrics.in_flight_per_request:
+            self.metrics.in_flight.dec()
 
     async def wait_idle(self, timeout: float) -> bool:
         """Until no request is in flight; False if `timeout` passed first."""
@@ -100,7 +107,7 @@ class Runtime:
 
     def mirror(
         self,
-        request: web.BaseRequest,
+        request: Request,
         config: Config,
         feature: str,
         body: RequestBody,

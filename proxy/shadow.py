@@ -178,11 +178,16 @@ async def _fetch(
 ) -> Answer:
     limit = config.fallback.max_body_bytes
     too_large = False
+    deadline = asyncio.get_running_loop().time() + config.timeouts.signal
     with translate_errors(pool.name):
-        async with asyncio.timeout(config.timeouts.signal):
-            response = await pool.request(
-                method, head, body, chunked=False, connect_timeout=config.timeouts.connect
-            )
+        response = await pool.request(
+            method,
+            head,
+            body,
+            chunked=False,
+            connect_timeout=config.timeouts.connect,
+            deadline=deadline,
+        )
         try:
             async with asyncio.timeout(config.timeouts.total):
                 chunks: list[bytes] = []

@@ -12,8 +12,10 @@ Semantics the proxy relies on:
   `Content-Length` / `Transfer-Encoding: chunked` for a body;
 - a pooled connection that turns out dead before any response byte is retried once on
   a fresh connection for idempotent methods (RFC 9112 section 9.3.1), never otherwise;
-- failures surface as `UpstreamConnectError` / `UpstreamResetError`; the caller bounds
-  the wait for headers (`UpstreamTimeoutError`) and the whole exchange.
+- failures surface as `UpstreamConnectError` / `UpstreamResetError`, and
+  `UpstreamTimeoutError` when the headers are not in by the caller's deadline (a timer
+  per wait rather than `asyncio.timeout`: half the cost on the hot path); the caller
+  bounds the reading of the body.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import httptools
 
-from proxy.errors import UpstreamConnectError, UpstreamResetError
+from proxy.errors import UpstreamConnectError, UpstreamResetError, UpstreamTimeoutError
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 MAX_HEADERS = 1000
@@ -61,6 +63,10 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.iter_chunks()])
+
+    def body_if_complete(self) -> bytes | None:
+        """The whole body if it has already arrived (no need to wait), else None."""
+        return self._conn.take_complete_body()
 
     def release(self) -> None:
         """Done with this response: pool the connection if the body was read to its end."""
@@ -119,9 +125,11 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamResetError(self._pool.name, "upstream switched protocols"))
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamResetError(self._pool.name, f"invalid response: {exc}"))
-        except UpstreamResetError as exc:
-            self._fail(exc)
+            # An error raised in our own callback comes back as the context.
+            cause = exc.__context__
+            if not isinstance(cause, UpstreamResetError):
+                cause = UpstreamResetError(self._pool.name, f"invalid response: {exc}")
+            self._fail(cause)
 
     def eof_received(self) -> bool | None:
         self._on_eof()
@@ -210,12 +218,17 @@ class Connection(asyncio.Protocol):
             self._drain_waiter = self._loop.create_future()
             await self._drain_waiter
 
+    def _head_timeout(self) -> None:
+        if not self._status:
+            self._fail(UpstreamTimeoutError(self._pool.name, "no response in time"))
+
     async def exchange(
         self,
         method: str,
         head: bytes,
         body: bytes | AsyncIterator[bytes] | None,
         chunked: bool,
+        deadline: float,
     ) -> UpstreamResponse:
         assert self.transport is not None
         self._reset_exchange()
@@ -236,7 +249,11 @@ class Connection(asyncio.Protocol):
             if chunked and self._error is None:
                 transport.write(b"0\r\n\r\n")
         if self._error is None and not self._status:
-            await self._head_waiter
+            timer = self._loop.call_at(deadline, self._head_timeout)
+            try:
+                await self._head_waiter
+            finally:
+                timer.cancel()
         if self._error is not None and not self._status:
             raise self._error
         self._head_waiter = None
@@ -245,6 +262,14 @@ class Connection(asyncio.Protocol):
             if name.lower() == "content-length" and value.isdigit():
                 content_length = int(value)
         return UpstreamResponse(self, self._status, self._reason, self._headers, content_length)
+
+    def take_complete_body(self) -> bytes | None:
+        if not self._complete or self._error is not None:
+            return None
+        body = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        return body
 
     async def body_chunks(self) -> AsyncIterator[bytes]:
         while True:
@@ -277,17 +302,6 @@ class Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
-
-
-async def _guarded(
-    exchange: Coroutine[None, None, UpstreamResponse], conn: Connection
-) -> UpstreamResponse:
-    """A cancelled or failed exchange leaves the connection in an unknown state: drop it."""
-    try:
-        return await exchange
-    except BaseException:
-        conn.abort()
-        raise
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
@@ -363,20 +377,35 @@ class Pool:
         *,
         chunked: bool,
         connect_timeout: float,
+        deadline: float,
     ) -> UpstreamResponse:
+        """Send on an idle pooled connection, or a new one; the response headers by
+        `deadline`. A cancelled or failed exchange leaves its connection in an unknown
+        state, so the connection is dropped."""
         conn = self._take_idle()
         if conn is not None:
             try:
-                return await _guarded(conn.exchange(method, head, body, chunked), conn)
+                return await conn.exchange(method, head, body, chunked, deadline)
             except UpstreamResetError:
+                conn.abort()
                 # A pooled connection the upstream had already closed: nothing of this
                 # request was processed if no byte came back. Replay only what is safe,
                 # and only a body we still hold.
                 replayable = method in IDEMPOTENT and not isinstance(body, AsyncIterator)
                 if conn._got_bytes or not replayable:
                     raise
-        conn = await self._connect(connect_timeout)
-        return await _guarded(conn.exchange(method, head, body, chunked), conn)
+            except BaseException:
+                conn.abort()
+                raise
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise UpstreamTimeoutError(self.name, "no response in time")
+        conn = await self._connect(min(connect_timeout, remaining))
+        try:
+            return await conn.exchange(method, head, body, chunked, deadline)
+        except BaseException:
+            conn.abort()
+            raise
 
     def close(self) -> None:
         if self._reaper is not None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import pytest
 from aiohttp.http_exceptions import BadHttpMessage
 
 from proxy.demo_apis import legacy_app, signal_app
-from proxy.logs import ClientErrorFilter
+from proxy.logs import ClientErrorFilter, RateLimitedWarning
 from tests.conftest import UpstreamFactory, server_url
 from tests.support import ProxyProcess, config_dict, raw_request
 
@@ -44,7 +45,7 @@ def test_other_errors_keep_their_traceback() -> None:
     assert record.levelname == "ERROR"
 
 
-async def test_too_many_headers_is_400_with_a_one_line_log(
+async def test_too_many_headers_is_431_with_a_one_line_log(
     upstream: UpstreamFactory, serve_proxy: Callable[..., ProxyProcess]
 ) -> None:
     signal = await upstream(signal_app())
@@ -53,11 +54,27 @@ async def test_too_many_headers_is_400_with_a_one_line_log(
     headers = b"".join(b"X-H-%d: v\r\n" % i for i in range(1000))
     for _ in range(5):
         resp = await raw_request(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
-        assert resp.status == 400
+        assert resp.status == 431
     ok = await raw_request(proxy.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     assert ok.status == 200
     logs = proxy.logs()
     assert "Traceback" not in logs
     assert "aiohttp.access" not in logs  # no line per request (cost, and paths in logs)
     assert "GET /health" not in logs
-    assert logs.count("rejected a malformed request from 127.0.0.1: 400") == 1
+    assert logs.count("rejected a malformed request from 127.0.0.1: 431 too many headers") == 1
+
+
+def test_rate_limited_warning_folds_repeats_into_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    now = [1000.0]
+    warning = RateLimitedWarning(logging.getLogger("test.rate"), 60, lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="test.rate"):
+        for n in range(5):
+            warning.warn("bad request %d", n)
+            now[0] += 10
+        warning.warn("bad request %d", 5)  # 50 s after the first: folded
+        now[0] += 11
+        warning.warn("bad request %d", 6)
+    assert [r.getMessage() for r in caplog.records] == [
+        "bad request 0",
+        "bad request 6 (5 more since)",
+    ]
