@@ -14,7 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-CONFIGS = ("direct", "nginx", "minimal", "rollout")
+CONFIGS = ("direct", "nginx", "minimal", "floor", "rollout", "rollout-uv")
+# The configurations under test, each compared with every reference that ran beside it.
+CANDIDATES = ("rollout", "rollout-uv")
+REFERENCES = ("nginx", "minimal", "floor")
 
 
 @dataclass
@@ -150,9 +153,10 @@ def summarise_levels(runs: list[Run], levels: Sequence[int]) -> list[dict[str, A
         if not summary:
             continue
         ratios = {
-            f"rollout/{base}": paired_ratios(level, "rollout", base)
-            for base in ("nginx", "minimal")
-            if "rollout" in summary and base in summary
+            f"{name}/{base}": paired_ratios(level, name, base)
+            for name in CANDIDATES
+            for base in REFERENCES
+            if name in summary and base in summary
         }
         out.append({"connections": connections, "summary": summary, "ratios": ratios})
     return out

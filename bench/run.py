@@ -3,15 +3,17 @@
 Starts, on 127.0.0.1 only:
   upstream  one nginx answering a fixed 208-byte JSON body on two ports (signal, legacy)
   nginx     the reference: nginx `split_clients` on X-Session-Id, keepalive 512 pools
-  minimal   bench/minimal_proxy.py, the Python floor (mmh3 split, one ClientSession)
+  minimal   bench/minimal_proxy.py, the issue's baseline (aiohttp: mmh3 split, one ClientSession)
+  floor     bench/floor_proxy.py, the latency floor of any asyncio proxy (callbacks only)
   rollout   `rollout serve` with config/rollout.yaml (ports replaced, percentage 10)
+  rollout-uv  the same with `--loop uvloop`
 and measures each with wrk (`direct` is wrk straight at the legacy upstream: the harness
 ceiling and the baseline for added latency). The proxy under test is pinned to core 0;
 wrk and the upstream nginx share core 1. Configurations run in alternation, `--rounds`
 times, each with a warm-up before the measured run, at `--connections` and (unless
 `--quick`) at 1 connection (added latency) and 500 connections (tail behaviour).
 
-    .venv/bin/python bench/run.py                      # full run, about 8 minutes
+    .venv/bin/python bench/run.py                      # full run, about 13 minutes
     .venv/bin/python bench/run.py --quick --duration 5 --rounds 1
     .venv/bin/python bench/run.py --only rollout,minimal --json results.json
 
@@ -213,18 +215,18 @@ class Setup:
     notes: list[str] = field(default_factory=list)
 
 
-def rollout_config(tmp: Path, ports: dict[str, int]) -> Path:
+def rollout_config(tmp: Path, ports: dict[str, int], name: str, admin: str) -> Path:
     """config/rollout.yaml with loopback ports; guard on (the default), percentage 10."""
     doc = yaml.safe_load((ROOT / "config" / "rollout.yaml").read_text())
-    doc["listen"] = {"host": "127.0.0.1", "port": ports["rollout"]}
-    doc["admin"] = {**doc.get("admin", {}), "host": "127.0.0.1", "port": ports["admin"]}
+    doc["listen"] = {"host": "127.0.0.1", "port": ports[name]}
+    doc["admin"] = {**doc.get("admin", {}), "host": "127.0.0.1", "port": ports[admin]}
     doc["upstreams"] = {
         "signal": {"url": f"http://127.0.0.1:{ports['signal']}"},
         "legacy": {"url": f"http://127.0.0.1:{ports['legacy']}"},
     }
     doc.setdefault("rollout", {})["percentage"] = 10
     doc.setdefault("guard", {})["enabled"] = True
-    path = tmp / "rollout.yaml"
+    path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -291,7 +293,8 @@ def _git_head() -> str:
 
 def start_all(procs: Processes, args: argparse.Namespace, wanted: Sequence[str]) -> Setup:
     tmp: Path = args.tmp
-    names = ("signal", "legacy", "nginx", "minimal", "rollout", "admin")
+    names = ("signal", "legacy", "nginx", "minimal", "floor", "rollout", "admin")
+    names += ("rollout-uv", "admin-uv")
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     signal_url = f"http://127.0.0.1:{ports['signal']}"
     legacy_url = f"http://127.0.0.1:{ports['legacy']}"
@@ -346,27 +349,47 @@ def start_all(procs: Processes, args: argparse.Namespace, wanted: Sequence[str])
         service = procs.start("minimal", argv, tmp / "minimal.log", args.cpus)
         targets["minimal"] = Target("minimal", f"http://127.0.0.1:{ports['minimal']}", service)
 
+    if "floor" in wanted:
+        argv = [
+            sys.executable,
+            str(BENCH / "floor_proxy.py"),
+            "--port",
+            str(ports["floor"]),
+            "--signal",
+            signal_url,
+            "--legacy",
+            legacy_url,
+        ]
+        service = procs.start("floor", argv, tmp / "floor.log", args.cpus)
+        targets["floor"] = Target("floor", f"http://127.0.0.1:{ports['floor']}", service)
+
     rollout_admin = None
     rollout_workers = "1 (single process)"
     notes: list[str] = []
-    if "rollout" in wanted:
-        config = rollout_config(tmp, ports)
+    # `rollout` on the default event loop, `rollout-uv` with `--loop uvloop`.
+    for name, admin, loop in (("rollout", "admin", None), ("rollout-uv", "admin-uv", "uvloop")):
+        if name not in wanted:
+            continue
+        config = rollout_config(tmp, ports, name, admin)
         rollout = RolloutCommand.prepare(tmp, args.rollout_rev, args.rollout_src)
-        notes.append(f"rollout: {rollout.source}")
+        notes.append(f"{name}: {rollout.source}")
         argv = [*rollout.argv, "serve", "-c", str(config), "--grace", "0"]
+        if loop is not None:
+            argv += ["--loop", loop]
         if args.workers is not None:
             if rollout.supports_workers():
                 argv += ["--workers", str(args.workers)]
                 rollout_workers = str(args.workers)
-                notes.append(f"rollout serve --workers {args.workers}, all on CPUs {args.cpus}")
+                notes.append(f"{name} serve --workers {args.workers}, all on CPUs {args.cpus}")
             else:
                 notes.append(
                     f"--workers {args.workers} ignored: `rollout serve --help` has no --workers"
                 )
-        service = procs.start("rollout", argv, tmp / "rollout.log", args.cpus, rollout.env)
-        rollout_admin = f"http://127.0.0.1:{ports['admin']}"
-        wait_until_up(service, rollout_admin + "/-/ready", timeout=30)
-        targets["rollout"] = Target("rollout", f"http://127.0.0.1:{ports['rollout']}", service)
+        service = procs.start(name, argv, tmp / f"{name}.log", args.cpus, rollout.env)
+        admin_url = f"http://127.0.0.1:{ports[admin]}"
+        wait_until_up(service, admin_url + "/-/ready", timeout=30)
+        targets[name] = Target(name, f"http://127.0.0.1:{ports[name]}", service)
+        rollout_admin = rollout_admin or admin_url
 
     for target in targets.values():
         if target.service is not None:

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -54,6 +55,15 @@ async def running(runtime: Runtime, *, poll_interval: float) -> AsyncIterator[No
                 await task
         await runtime.shadow.cancel_all()
         runtime.close_pools()
+
+
+def run_loop(loop: str, main: Coroutine[Any, Any, int]) -> int:
+    """Run `serve()` on the chosen event loop implementation."""
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 def build_runtime(path: Path, config: Config) -> Runtime:

@@ -17,6 +17,10 @@ from proxy.errors import ConfigError
 from proxy.logs import setup_logging
 from proxy.routing import choose_upstream, threshold
 
+# Event loop implementations `rollout serve --loop` offers (see bench/RESULTS.md).
+LOOPS = ("asyncio", "uvloop")
+DEFAULT_LOOP = "asyncio"
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -95,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="processes sharing the listen port (SO_REUSEPORT), each with its own guard; "
         "/metrics aggregates them (default 1)",
+    )
+    p.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default=DEFAULT_LOOP,
+        help=f"event loop implementation (default {DEFAULT_LOOP}; see bench/RESULTS.md)",
     )
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -242,7 +252,7 @@ def _print_config_error(exc: ConfigError) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from proxy.app import serve
+    from proxy.app import run_loop, serve
 
     path, _ = _load(args)  # invalid config: exit 2 before binding anything
     if args.workers < 1:
@@ -251,14 +261,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1 and args.worker_index is None:
         from proxy.workers import run_workers
 
-        return run_workers(path, args.workers, grace=args.grace, poll_interval=args.poll_interval)
-    return asyncio.run(
+        return run_workers(
+            path,
+            args.workers,
+            grace=args.grace,
+            poll_interval=args.poll_interval,
+            loop=args.loop,
+        )
+    return run_loop(
+        args.loop,
         serve(
             path,
             grace=args.grace,
             poll_interval=args.poll_interval,
             worker_index=args.worker_index,
-        )
+        ),
     )
 
 

@@ -26,6 +26,7 @@ import collections
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import cast
 
 import httptools
 
@@ -309,8 +310,8 @@ class HttpConnection(asyncio.Protocol):
     # --- asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # (uvloop's transports are not asyncio.Transport subclasses: no isinstance.)
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
         self._server.connections.add(self)

@@ -32,7 +32,7 @@ log = logging.getLogger("rollout.workers")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def run_workers(path: Path, workers: int, *, grace: float, poll_interval: float) -> int:
+def run_workers(path: Path, workers: int, *, grace: float, poll_interval: float, loop: str) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="rollout-metrics-")
     env = {**os.environ, MULTIPROC_ENV: metrics_dir}
     procs: list[subprocess.Popen[bytes]] = []
@@ -63,6 +63,8 @@ def run_workers(path: Path, workers: int, *, grace: float, poll_interval: float)
                         str(grace),
                         "--poll-interval",
                         str(poll_interval),
+                        "--loop",
+                        loop,
                         "--worker-index",
                         str(index),
                     ],
