@@ -231,6 +231,11 @@ def rollout_config(tmp: Path, ports: dict[str, int], name: str, admin: str) -> P
     return path
 
 
+# -P: the checkout the bench runs from must not shadow the package on PYTHONPATH (with a
+# plain `-m`, the current directory comes first on sys.path, and it holds `proxy/`).
+_PYTHON_M_PROXY = (sys.executable, "-P", "-m", "proxy")
+
+
 @dataclass(frozen=True)
 class RolloutCommand:
     """How to start `rollout`: the working tree's console script, or a git snapshot."""
@@ -245,7 +250,7 @@ class RolloutCommand:
             if not (src_dir / "proxy" / "__main__.py").is_file():
                 raise BenchError(f"--rollout-src {src_dir}: no proxy/__main__.py there")
             env = {**os.environ, "PYTHONPATH": str(src_dir.resolve())}
-            return cls((sys.executable, "-m", "proxy"), env, f"proxy package from {src_dir}")
+            return cls(_PYTHON_M_PROXY, env, f"proxy package from {src_dir}")
         if rev is None:
             dirty = _git("status", "--porcelain", "--", "proxy")
             state = " + uncommitted changes in proxy/" if dirty else ""
@@ -263,7 +268,7 @@ class RolloutCommand:
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(src, filter="data")
         env = {**os.environ, "PYTHONPATH": str(src)}
-        return cls((sys.executable, "-m", "proxy"), env, f"git archive of {commit} ({rev})")
+        return cls(_PYTHON_M_PROXY, env, f"git archive of {commit} ({rev})")
 
     def supports_workers(self) -> bool:
         help_text = subprocess.run(

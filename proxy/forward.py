@@ -8,6 +8,7 @@ line or `Host` can never point it elsewhere.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,6 +54,31 @@ _RESPONSE_DROPPED = HOP_BY_HOP | _FRAMING
 
 # Methods whose empty body is still announced with `Content-Length: 0` (RFC 9110 8.6).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+_HOP_BY_HOP_LINES = re.compile(
+    rb"^(?:" + b"|".join(name.encode() for name in sorted(HOP_BY_HOP)) + rb"):[^\n]*\n",
+    re.IGNORECASE | re.MULTILINE,
+)
+_CONNECTION_VALUES = re.compile(rb"^connection:([^\r]*)\r$", re.IGNORECASE | re.MULTILINE)
+
+
+def forwardable_head(head: bytes) -> bytes | None:
+    """An upstream header block minus its hop-by-hop lines, as bytes; None when its
+    `Connection` header names other headers (then `client_response_headers` filters).
+
+    The fast path of the relay: one regex pass instead of a parsed list, for a block that
+    llhttp has already validated (`Name: value\r\n` lines, no folding).
+    """
+    for match in _CONNECTION_VALUES.finditer(head):
+        names = {token.strip().lower() for token in match[1].decode("latin-1").split(",")}
+        if not names <= _CONNECTION_ONLY_TOKENS:
+            return None
+    return _HOP_BY_HOP_LINES.sub(b"", head)
+
+
+# `Connection` values that name no end-to-end header.
+_CONNECTION_ONLY_TOKENS = HOP_BY_HOP | {"close", ""}
 
 
 def _connection_tokens(values: Iterable[str]) -> set[str]:

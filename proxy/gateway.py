@@ -11,15 +11,15 @@ import functools
 import logging
 
 from proxy.config import Config, Upstream
-from proxy.errors import ClientGoneError, FailureReason, UpstreamError
+from proxy.errors import ClientGoneError, FailureReason, UpstreamError, UpstreamTimeoutError
 from proxy.fallback import should_fall_back
 from proxy.forward import (
     RequestBody,
     client_response_headers,
+    forwardable_head,
     read_body,
     request_head,
     send,
-    translate_errors,
 )
 from proxy.routing import Decision, Side, choose_upstream, find_session_id, mint_session_id
 from proxy.runtime import Runtime
@@ -88,8 +88,8 @@ async def _handle(request: Request, *, runtime: Runtime) -> None:
     try:
         await _proxy(request, runtime, config, decision, minted, deadline, outcome)
     except ClientGoneError:
-        # The client left while sending its body: not the upstream's fault, not counted
-        # against it, and nobody to answer.
+        # The client left while sending its body or receiving the answer: not the
+        # upstream's fault, not counted against it, and nobody to answer.
         outcome.code = CLIENT_GONE
         request.abort()
     finally:
@@ -206,6 +206,11 @@ class Capture:
         else:
             self.chunks.append(chunk)
 
+    def whole(self, body: bytes) -> None:
+        """The answer arrived in one piece."""
+        self.add(body)
+        self.complete = True
+
     @property
     def body(self) -> bytes | None:
         return None if self.overflow else b"".join(self.chunks)
@@ -239,6 +244,19 @@ async def _attempt(
     )
 
 
+def _added_headers(
+    side: Side, fallback_reason: FailureReason | None, config: Config, minted: str | None
+) -> list[tuple[str, str]]:
+    """What the proxy adds to an upstream's answer (SPEC 4; the minted session cookie)."""
+    added = [(UPSTREAM_HEADER, side.value)]
+    if fallback_reason is not None:
+        added.append((FALLBACK_HEADER, fallback_reason.value))
+    if minted:
+        cookie = f"{config.session.cookie}={minted}; HttpOnly; Path=/; SameSite=Lax"
+        added.append(("Set-Cookie", cookie))
+    return added
+
+
 def _send_error(
     request: Request, err: UpstreamError, fallback_reason: FailureReason | None = None
 ) -> None:
@@ -264,41 +282,45 @@ async def _relay(
     status, reason = upstream_response.status, upstream_response.reason
     length = upstream_response.content_length
     small = length is not None and length <= SMALL_BODY and request.method != "HEAD"
+    added = _added_headers(side, fallback_reason, config, minted)
+    body = upstream_response.body_if_complete() if small else None
+    if body is not None:
+        # The common case of an API answer: the whole body came with the headers. One
+        # write for head and body, and no timer to arm.
+        upstream_response.release()
+        head = forwardable_head(upstream_response.head) if len(body) == length else None
+        if head is not None:
+            # The upstream's header block goes out as bytes, framed by its Content-Length.
+            lines = "".join(f"{name}: {value}\r\n" for name, value in added)
+            request.respond_head(status, reason, head + lines.encode(), body)
+        else:
+            headers = client_response_headers(upstream_response.headers) + added
+            request.respond(status, reason, headers, body)
+        if capture is not None:
+            capture.whole(body)
+        return
+    headers = client_response_headers(upstream_response.headers) + added
     try:
-        with translate_errors(side.value):
-            headers = client_response_headers(upstream_response.headers)
-            headers.append((UPSTREAM_HEADER, side.value))
-            if fallback_reason is not None:
-                headers.append((FALLBACK_HEADER, fallback_reason.value))
-            if minted:
-                cookie = config.session.cookie
-                headers.append(("Set-Cookie", f"{cookie}={minted}; HttpOnly; Path=/; SameSite=Lax"))
-            body = upstream_response.body_if_complete() if small else None
-            if body is not None:
-                # The common case of an API answer: the whole body came with the headers.
-                # One write for head and body, and no timer to arm.
+        async with asyncio.timeout_at(deadline):
+            if small:
+                body = await upstream_response.read()
                 upstream_response.release()
                 request.respond(status, reason, headers, body)
                 if capture is not None:
-                    capture.add(body)
-                    capture.complete = True
+                    capture.whole(body)
                 return
-            async with asyncio.timeout_at(deadline):
-                if small:
-                    body = await upstream_response.read()
-                    upstream_response.release()
-                    request.respond(status, reason, headers, body)
-                    if capture is not None:
-                        capture.add(body)
-                        capture.complete = True
-                    return
-                request.start(status, reason, headers, length)
-                async for chunk in upstream_response.iter_chunks():
-                    await request.write(chunk)
-                    if capture is not None:
-                        capture.add(chunk)
-    except UpstreamError as err:
+            request.start(status, reason, headers, length)
+            async for chunk in upstream_response.iter_chunks():
+                await request.write(chunk)
+                if capture is not None:
+                    capture.add(chunk)
+    except (UpstreamError, TimeoutError) as exc:
         upstream_response.close()
+        err = (
+            exc
+            if isinstance(exc, UpstreamError)
+            else UpstreamTimeoutError(side.value, "body too slow")
+        )
         if not request.started:
             outcome.code = err.status
             _send_error(request, err, fallback_reason)
@@ -308,13 +330,9 @@ async def _relay(
         log.warning("aborting the client response: %s mid-body", err)
         request.abort()
         return
-    except ConnectionError:
-        # The client went away; stop reading the upstream.
-        upstream_response.close()
-        outcome.code = CLIENT_GONE
-        request.abort()
-        return
-    except asyncio.CancelledError:
+    except BaseException:
+        # The client went away (ClientGoneError: counted as 499 by the caller) or the
+        # task was cancelled: stop reading the upstream.
         upstream_response.close()
         raise
     upstream_response.release()

@@ -194,6 +194,19 @@ class Request:
         self.started = self.finished = True
         self._conn.response_done(self)
 
+    def respond_head(self, status: int, reason: str, head: bytes, body: bytes) -> None:
+        """A complete response in one write, from a ready header block (`Name: value\r\n`
+        lines) that frames `body` itself (its `Content-Length`)."""
+        out = b"HTTP/1.1 %d %b\r\n%b" % (status, reason.encode("latin-1"), head)
+        if not self.keep_alive or self._conn.closing:
+            self.keep_alive = False
+            out += b"Connection: close\r\n"
+        elif self.version == "1.0":
+            out += b"Connection: keep-alive\r\n"
+        self._conn.write(out + b"\r\n" + body)
+        self.started = self.finished = True
+        self._conn.response_done(self)
+
     def respond_json(
         self, status: int, document: object, headers: list[tuple[str, str]] | None = None
     ) -> None:
@@ -219,11 +232,11 @@ class Request:
     async def write(self, data: bytes) -> None:
         """Write part of the body; waits while the client is slow to read.
 
-        Raises ConnectionResetError once the client is gone.
+        Raises `ClientGoneError` once the client is gone.
         """
         conn = self._conn
         if conn.lost:
-            raise ConnectionResetError("the client closed the connection")
+            raise ClientGoneError("the client closed the connection")
         if self._remaining is not None:
             if len(data) > self._remaining:
                 data = data[: self._remaining]  # never more than the length announced
@@ -362,7 +375,7 @@ class HttpConnection(asyncio.Protocol):
         if self._parsing is not None:
             self._parsing.fail(gone)
         if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(ConnectionResetError("client disconnected"))
+            self._drain_waiter.set_exception(ClientGoneError("client disconnected"))
 
     def pause_writing(self) -> None:
         self._write_paused = True

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -38,24 +39,35 @@ READ_HIGH_WATER = 256 * 1024  # pause reading the upstream when this much is unc
 MAX_IDLE_PER_POOL = 1024
 
 
+_CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(\d+)[ \t]*\r$", re.IGNORECASE | re.MULTILINE)
+_FRAMED = re.compile(rb"^(?:content-length|transfer-encoding):", re.IGNORECASE | re.MULTILINE)
+
+
 class UpstreamResponse:
-    """Status and headers of an upstream answer; the body is read with `iter_chunks()`."""
+    """Status and headers of an upstream answer; the body is read with `iter_chunks()`.
 
-    __slots__ = ("_conn", "content_length", "headers", "reason", "status")
+    `head` is the header block exactly as received (`Name: value\r\n` lines, which llhttp
+    has validated: no folding, CRLF only); `headers` parses it on first use, so the
+    common relay path, which forwards the block as bytes, never splits it.
+    """
 
-    def __init__(
-        self,
-        conn: Connection,
-        status: int,
-        reason: str,
-        headers: list[tuple[str, str]],
-        content_length: int | None,
-    ) -> None:
+    __slots__ = ("_conn", "_headers", "content_length", "head", "reason", "status")
+
+    def __init__(self, conn: Connection, status: int, reason: str, head: bytes) -> None:
         self._conn = conn
         self.status = status
         self.reason = reason
-        self.headers = headers
-        self.content_length = content_length
+        self.head = head
+        self._headers: list[tuple[str, str]] | None = None
+        match = _CONTENT_LENGTH.search(head)
+        self.content_length = int(match[1]) if match else None
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """(name, value) pairs; values decoded with surrogateescape, so bytes round-trip."""
+        if self._headers is None:
+            self._headers = parse_head(self.head)
+        return self._headers
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; raises `UpstreamResetError` if it is cut short."""
@@ -96,8 +108,8 @@ class Connection(asyncio.Protocol):
     def _reset_exchange(self) -> None:
         self._head_waiter: asyncio.Future[None] | None = None
         self._body_waiter: asyncio.Future[None] | None = None
-        self._headers: list[tuple[str, str]] = []
-        self._head_bytes = 0
+        self._raw = b""  # the response head as it arrives
+        self._head = b""  # its header lines, once complete
         self._status = 0
         self._reason = ""
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -121,6 +133,11 @@ class Connection(asyncio.Protocol):
             # Bytes after a complete response with no request outstanding: not HTTP.
             self.abort()
             return
+        if not self._status:
+            self._raw += data
+            if len(self._raw) > MAX_HEAD_BYTES + len(data):
+                self._fail(UpstreamResetError(self._pool.name, "invalid response: head too large"))
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -157,13 +174,16 @@ class Connection(asyncio.Protocol):
     def on_status(self, status: bytes) -> None:
         self._reason = status.decode("latin-1")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if len(self._headers) >= MAX_HEADERS or self._head_bytes > MAX_HEAD_BYTES:
-            raise UpstreamResetError(self._pool.name, "invalid response: headers too large")
-        self._headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
-
     def on_headers_complete(self) -> None:
+        # No per-header callback: the block is cut out of the raw bytes in one go (llhttp
+        # has checked its syntax), which is most of what receiving a response costs.
+        raw = self._raw
+        end = raw.find(b"\r\n\r\n")
+        head = raw[raw.find(b"\r\n") + 2 : end + 2]
+        self._raw = b""
+        if end < 0 or len(head) > MAX_HEAD_BYTES or head.count(b"\n") > MAX_HEADERS:
+            raise UpstreamResetError(self._pool.name, "invalid response: headers too large")
+        self._head = head
         self._status = self._parser.get_status_code()
         # Asked now: llhttp forgets the connection's keep-alive state once the message ends.
         self._keep_alive = self._parser.should_keep_alive()
@@ -202,8 +222,7 @@ class Connection(asyncio.Protocol):
         self._fail(UpstreamResetError(self._pool.name, detail))
 
     def _close_delimited(self) -> bool:
-        names = {k.lower() for k, _ in self._headers}
-        return "content-length" not in names and "transfer-encoding" not in names
+        return _FRAMED.search(self._head) is None
 
     def _fail(self, error: Exception) -> None:
         if self._error is None:
@@ -258,11 +277,7 @@ class Connection(asyncio.Protocol):
         if self._error is not None and not self._status:
             raise self._error
         self._head_waiter = None
-        content_length = None
-        for name, value in self._headers:
-            if name.lower() == "content-length" and value.isdigit():
-                content_length = int(value)
-        return UpstreamResponse(self, self._status, self._reason, self._headers, content_length)
+        return UpstreamResponse(self, self._status, self._reason, self._head)
 
     def take_complete_body(self) -> bytes | None:
         if not self._complete or self._error is not None:
@@ -414,6 +429,18 @@ class Pool:
             self._reaper = None
         while self._idle:
             self._idle.pop().abort()
+
+
+def parse_head(head: bytes) -> list[tuple[str, str]]:
+    """`Name: value\r\n` lines as (name, value), values stripped of surrounding blanks."""
+    pairs = []
+    for line in head.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b":")
+            pairs.append(
+                (name.decode("latin-1"), value.strip(b" \t").decode("utf-8", "surrogateescape"))
+            )
+    return pairs
 
 
 def build_head(
