@@ -56,18 +56,21 @@ class _Outcome:
 
 
 def make_handler(runtime: Runtime) -> Handler:
-    """The public server's handler: every path and method is proxied."""
-    return functools.partial(_handle, runtime=runtime)
+    """The public server's handler: every path and method is proxied.
+
+    (The loop is bound here: `asyncio.get_running_loop()` costs a getpid() system call
+    on every call, twice per request.)
+    """
+    return functools.partial(_handle, runtime=runtime, loop=asyncio.get_running_loop())
 
 
-async def _handle(request: Request, *, runtime: Runtime) -> None:
+async def _handle(request: Request, *, runtime: Runtime, loop: asyncio.AbstractEventLoop) -> None:
     if request.method == "CONNECT":
         # Never a tunnel: this is a gateway to two fixed upstreams, not a forward proxy.
         request.keep_alive = False
         request.respond_json(405, {"error": "CONNECT is not supported", "upstream": None}, _ALLOW)
         return
     config = runtime.store.config
-    loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + config.timeouts.total
 
@@ -86,7 +89,7 @@ async def _handle(request: Request, *, runtime: Runtime) -> None:
     runtime.request_started()
     outcome = _Outcome(decision.side)
     try:
-        await _proxy(request, runtime, config, decision, minted, deadline, outcome)
+        await _proxy(request, runtime, loop, config, decision, minted, deadline, outcome)
     except ClientGoneError:
         # The client left while sending its body or receiving the answer: not the
         # upstream's fault, not counted against it, and nobody to answer.
@@ -107,13 +110,13 @@ async def _handle(request: Request, *, runtime: Runtime) -> None:
 async def _proxy(
     request: Request,
     runtime: Runtime,
+    loop: asyncio.AbstractEventLoop,
     config: Config,
     decision: Decision,
     minted: str | None,
     deadline: float,
     outcome: _Outcome,
 ) -> None:
-    loop = asyncio.get_running_loop()
     body = await read_body(request, config.fallback.max_body_bytes)
     extra = {config.session.header: minted} if minted else None
     fallback_reason: FailureReason | None = None

@@ -124,7 +124,7 @@ class IncomingBody:
                 return b""
             if self._error is not None:
                 raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._conn.loop.create_future()
             await self._waiter
             self._waiter = None
         chunk = self._chunks.popleft()
@@ -293,7 +293,7 @@ class HttpConnection(asyncio.Protocol):
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
-        self._loop = server.loop
+        self.loop = self._loop = server.loop
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer = ""
