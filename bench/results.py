@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-CONFIGS = ("direct", "nginx", "minimal", "floor", "rollout", "rollout-uv")
+CONFIGS = ("direct", "nginx", "minimal", "floor", "rollout", "rollout-aio")
 # The configurations under test, each compared with every reference that ran beside it.
-CANDIDATES = ("rollout", "rollout-uv")
+CANDIDATES = ("rollout", "rollout-aio")
 REFERENCES = ("nginx", "minimal", "floor")
 
 

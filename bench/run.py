@@ -6,7 +6,7 @@ Starts, on 127.0.0.1 only:
   minimal   bench/minimal_proxy.py, the issue's baseline (aiohttp: mmh3 split, one ClientSession)
   floor     bench/floor_proxy.py, the latency floor of any asyncio proxy (callbacks only)
   rollout   `rollout serve` with config/rollout.yaml (ports replaced, percentage 10)
-  rollout-uv  the same with `--loop uvloop`
+  rollout-aio the same with `--loop asyncio` (the standard loop instead of uvloop)
 and measures each with wrk (`direct` is wrk straight at the legacy upstream: the harness
 ceiling and the baseline for added latency). The proxy under test is pinned to core 0;
 wrk and the upstream nginx share core 1. Configurations run in alternation, `--rounds`
@@ -299,7 +299,7 @@ def _git_head() -> str:
 def start_all(procs: Processes, args: argparse.Namespace, wanted: Sequence[str]) -> Setup:
     tmp: Path = args.tmp
     names = ("signal", "legacy", "nginx", "minimal", "floor", "rollout", "admin")
-    names += ("rollout-uv", "admin-uv")
+    names += ("rollout-aio", "admin-aio")
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     signal_url = f"http://127.0.0.1:{ports['signal']}"
     legacy_url = f"http://127.0.0.1:{ports['legacy']}"
@@ -371,8 +371,8 @@ def start_all(procs: Processes, args: argparse.Namespace, wanted: Sequence[str])
     rollout_admin = None
     rollout_workers = "1 (single process)"
     notes: list[str] = []
-    # `rollout` on the default event loop, `rollout-uv` with `--loop uvloop`.
-    for name, admin, loop in (("rollout", "admin", None), ("rollout-uv", "admin-uv", "uvloop")):
+    # `rollout` on its default event loop (uvloop), `rollout-aio` with `--loop asyncio`.
+    for name, admin, loop in (("rollout", "admin", None), ("rollout-aio", "admin-aio", "asyncio")):
         if name not in wanted:
             continue
         config = rollout_config(tmp, ports, name, admin)

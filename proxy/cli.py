@@ -19,7 +19,7 @@ from proxy.routing import choose_upstream, threshold
 
 # Event loop implementations `rollout serve --loop` offers (see bench/RESULTS.md).
 LOOPS = ("asyncio", "uvloop")
-DEFAULT_LOOP = "asyncio"
+DEFAULT_LOOP = "uvloop"
 
 EXIT_OK = 0
 EXIT_FAILED = 1

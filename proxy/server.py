@@ -400,6 +400,9 @@ class HttpConnection(asyncio.Protocol):
             raise _Rejected(431, "too many headers")
         if len(name) + len(value) > MAX_FIELD_BYTES:
             raise _Rejected(431, "header too large")
+        # llhttp drops the whitespace before a value, not after it (RFC 9110 5.5: not
+        # part of the value; a session id "7\t" is "7").
+        value = value.rstrip(b" \t")
         self._headers.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
 
     def on_headers_complete(self) -> None:

@@ -205,3 +205,14 @@ async def test_100_headers_are_accepted(upstream: UpstreamFactory, serve_proxy: 
     assert resp.status == 200  # 99 + Host = 100, the limit
     [seen] = s.legacy.seen
     assert seen.header("X-H-98") == "v"
+
+
+async def test_whitespace_around_a_header_value_is_not_part_of_it(
+    upstream: UpstreamFactory, serve_proxy: ServeProxy
+) -> None:
+    # Found by the fuzzer: llhttp strips the blanks before a value but not after it.
+    s = await start(upstream, serve_proxy)
+    resp = await raw_request(s.proxy.port, get("/ws", "X-Session-Id: \t to-signal \t"))
+    assert resp.header("X-Rollout-Upstream") == "signal"  # the test session, not "to-signal \t"
+    [seen] = s.signal.seen
+    assert seen.header("X-Session-Id") == "to-signal"
