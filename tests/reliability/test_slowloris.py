@@ -1,12 +1,10 @@
 """Slowloris: a client must not hold a connection open for ever by sending nothing useful.
 
-aiohttp 3.14 has no separate request-head timeout. What closes such a connection is the
-keep-alive timer, armed when the connection is made and closing it if the handler is still
-waiting for a request head when it fires (`RequestHandler._process_keepalive`). Its
-default depends on the entry point: `web.run_app` passes 75 s, but `AppRunner` (what
-`rollout serve` uses) leaves `RequestHandler`'s own default, 3630 s. Anything past `LIMIT`
-(two minutes) is reported as a defect: a few thousand such clients exhaust the proxy's
-file descriptors.
+The public server (`proxy/server.py`) closes a connection that has not completed a
+request head (or sent a new one after its last answer) within the keep-alive time, 75 s,
+as nginx does. (With aiohttp's server this was a defect found here: its low-level
+server's own default was 3630 s.) Anything past `LIMIT` (two minutes) is reported as a
+defect: a few thousand such clients exhaust the proxy's file descriptors.
 
 The clients start with the suite (`conftest.slow_clients`); these tests run last.
 """
