@@ -340,33 +340,21 @@ def start_all(procs: Processes, args: argparse.Namespace, wanted: Sequence[str])
             "nginx", [nginx_bin, "-p", str(tmp), "-c", str(conf)], tmp / "nginx.out", args.cpus
         )
         targets["nginx"] = Target("nginx", f"http://127.0.0.1:{ports['nginx']}", service)
-    if "minimal" in wanted:
-        argv = [
-            sys.executable,
-            str(BENCH / "minimal_proxy.py"),
-            "--port",
-            str(ports["minimal"]),
-            "--signal",
-            signal_url,
-            "--legacy",
-            legacy_url,
-        ]
-        service = procs.start("minimal", argv, tmp / "minimal.log", args.cpus)
-        targets["minimal"] = Target("minimal", f"http://127.0.0.1:{ports['minimal']}", service)
-
-    if "floor" in wanted:
-        argv = [
-            sys.executable,
-            str(BENCH / "floor_proxy.py"),
-            "--port",
-            str(ports["floor"]),
-            "--signal",
-            signal_url,
-            "--legacy",
-            legacy_url,
-        ]
-        service = procs.start("floor", argv, tmp / "floor.log", args.cpus)
-        targets["floor"] = Target("floor", f"http://127.0.0.1:{ports['floor']}", service)
+    # The two Python references: the aiohttp baseline and the callback floor.
+    for name, script in (("minimal", "minimal_proxy.py"), ("floor", "floor_proxy.py")):
+        if name in wanted:
+            argv = [
+                sys.executable,
+                str(BENCH / script),
+                "--port",
+                str(ports[name]),
+                "--signal",
+                signal_url,
+                "--legacy",
+                legacy_url,
+            ]
+            service = procs.start(name, argv, tmp / f"{name}.log", args.cpus)
+            targets[name] = Target(name, f"http://127.0.0.1:{ports[name]}", service)
 
     rollout_admin = None
     rollout_workers = "1 (single process)"

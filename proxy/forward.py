@@ -230,27 +230,20 @@ async def send(
     deadline: float,
 ) -> UpstreamResponse:
     """Send the request; return once the response headers are in, by `deadline`."""
-    payload = body.payload()
+    request = pool.request(
+        method,
+        head,
+        body.payload(),
+        chunked=chunked,
+        connect_timeout=connect_timeout,
+        deadline=deadline,
+    )
     if body.stream is None:
-        return await pool.request(
-            method,
-            head,
-            payload,
-            chunked=chunked,
-            connect_timeout=connect_timeout,
-            deadline=deadline,
-        )
+        return await request
     # A streamed upload waits on the client too, which the pool's timer cannot wake.
     with translate_errors(pool.name):
         async with asyncio.timeout_at(deadline):
-            return await pool.request(
-                method,
-                head,
-                payload,
-                chunked=chunked,
-                connect_timeout=connect_timeout,
-                deadline=deadline,
-            )
+            return await request
 
 
 __all__ = ["RequestBody", "read_body", "request_head", "send"]

@@ -31,6 +31,7 @@ from typing import cast
 import httptools
 
 from proxy.errors import ClientGoneError
+from proxy.flow import WriteFlow
 from proxy.logs import RateLimitedWarning
 
 log = logging.getLogger("rollout.server")
@@ -288,7 +289,7 @@ class _Rejected(Exception):
         self.detail = detail
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(WriteFlow, asyncio.Protocol):
     """One client connection: parse requests, run the handler for each in turn."""
 
     def __init__(self, server: HttpServer) -> None:
@@ -304,8 +305,6 @@ class HttpConnection(asyncio.Protocol):
         self._parsing: IncomingBody | None = None  # body still arriving
         self._stopped = False  # no further request is read (error, upgrade, close)
         self._reading_paused = False
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
         self._idle_since = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._new_message()
@@ -374,16 +373,7 @@ class HttpConnection(asyncio.Protocol):
                 item.body.fail(gone)
         if self._parsing is not None:
             self._parsing.fail(gone)
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(ClientGoneError("client disconnected"))
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+        self._end_drain(ClientGoneError("client disconnected"))
 
     # --- httptools callbacks ---------------------------------------------------------
 
@@ -531,14 +521,6 @@ class HttpConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.lost:
             self.transport.write(data)
-
-    async def drain(self) -> None:
-        if self._write_paused and not self.lost:
-            self._drain_waiter = self._loop.create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
 
     def pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None and not self.lost:

@@ -31,6 +31,7 @@ from typing import cast
 import httptools
 
 from proxy.errors import UpstreamConnectError, UpstreamResetError, UpstreamTimeoutError
+from proxy.flow import WriteFlow
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 MAX_HEADERS = 1000
@@ -90,7 +91,7 @@ class UpstreamResponse:
         self._conn.abort()
 
 
-class Connection(asyncio.Protocol):
+class Connection(WriteFlow, asyncio.Protocol):
     """One keep-alive connection; one request at a time."""
 
     def __init__(self, pool: Pool) -> None:
@@ -102,8 +103,6 @@ class Connection(asyncio.Protocol):
         self.used = False
         self.idle_since = 0.0
         self._reset_exchange()
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
 
     def _reset_exchange(self) -> None:
         self._head_waiter: asyncio.Future[None] | None = None
@@ -156,18 +155,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._on_eof(exc)
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(
-                UpstreamResetError(self._pool.name, "connection lost while sending")
-            )
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+        self._end_drain(UpstreamResetError(self._pool.name, "connection lost while sending"))
 
     # --- httptools callbacks ---------------------------------------------------------
 
@@ -233,11 +221,6 @@ class Connection(asyncio.Protocol):
         for waiter in (self._head_waiter, self._body_waiter):
             _wake(waiter)
 
-    async def _drain(self) -> None:
-        if self._write_paused:
-            self._drain_waiter = self._loop.create_future()
-            await self._drain_waiter
-
     def _head_timeout(self) -> None:
         if not self._status:
             self._fail(UpstreamTimeoutError(self._pool.name, "no response in time"))
@@ -265,7 +248,7 @@ class Connection(asyncio.Protocol):
                     break
                 if chunk:
                     transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                    await self._drain()
+                    await self.drain()
             if chunked and self._error is None:
                 transport.write(b"0\r\n\r\n")
         if self._error is None and not self._status:
