@@ -305,6 +305,8 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self._parsing: IncomingBody | None = None  # body still arriving
         self._stopped = False  # no further request is read (error, upgrade, close)
         self._reading_paused = False
+        self._held = False  # a pipelined request waits for the client to read
+        self._write_paused_since = 0.0
         self._idle_since = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._new_message()
@@ -491,23 +493,57 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             self._close()
             return
         if self._queue:
-            if self._reading_paused and len(self._queue) <= MAX_QUEUED // 2:
-                self.resume_reading()
-            self._run_next(self._queue.popleft())
+            self._next_when_writable()
         elif self._stopped:
             self._close()
         else:
             self._idle_since = self._loop.time()
 
+    def _next_when_writable(self) -> None:
+        """Start the next pipelined request, unless the client is not reading its answers:
+        then wait for `resume_writing`, so answers never pile up in memory (and with the
+        queue full, reading stops too)."""
+        if self._write_paused:
+            self._held = True
+            return
+        if self._reading_paused and len(self._queue) <= MAX_QUEUED // 2:
+            self.resume_reading()
+        self._run_next(self._queue.popleft())
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._held and not self.lost:
+            self._held = False
+            if self._current is None and self._queue:
+                self._next_when_writable()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._write_paused_since = self._loop.time()
+
     def _check_idle(self) -> None:
         """Close a connection that has neither sent a request head nor been answered in
-        `keepalive` seconds: idle keep-alive clients and slowloris alike."""
+        `keepalive` seconds (idle keep-alive clients and slowloris alike), or that has
+        not read any of its answers for as long (as nginx's `send_timeout`)."""
         keepalive = self._server.keepalive
-        busy = self._current is not None or self._queue
-        wait = keepalive if busy else self._idle_since + keepalive - self._loop.time()
-        if wait <= 0:
-            self._close()
-            return
+        now = self._loop.time()
+        if self._write_paused:
+            wait = self._write_paused_since + keepalive - now
+            if wait <= 0:
+                log.info(
+                    "closing a connection from %s: answers not read for %.0f s",
+                    self.peer,
+                    keepalive,
+                )
+                self.abort()
+                return
+        elif self._current is not None or self._queue:
+            wait = keepalive
+        else:
+            wait = self._idle_since + keepalive - now
+            if wait <= 0:
+                self._close()
+                return
         self._timer = self._loop.call_later(wait, self._check_idle)
 
     def close_if_idle(self) -> bool:

@@ -216,3 +216,33 @@ async def test_whitespace_around_a_header_value_is_not_part_of_it(
     assert resp.header("X-Rollout-Upstream") == "signal"  # the test session, not "to-signal \t"
     [seen] = s.signal.seen
     assert seen.header("X-Session-Id") == "to-signal"
+
+
+# Under the 64 KiB at which the proxy sends an answer in one write, with no drain: the
+# path where only holding the next pipelined request keeps memory bounded.
+BIG = b"z" * (60 * 1024)
+
+
+async def _big_answer(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=BIG, content_type="application/octet-stream")
+
+
+async def test_pipelining_client_that_does_not_read_cannot_fill_the_proxy_memory(
+    upstream: UpstreamFactory, serve_proxy: ServeProxy
+) -> None:
+    # 2,000 pipelined requests for 60 KiB each: 117 MiB if the proxy buffered every answer.
+    s = await start(upstream, serve_proxy, respond=_big_answer)
+    count = 2000
+    rss_before = s.proxy.rss_bytes()
+    async with connection(s.proxy.port) as (reader, writer):
+        writer.write(b"".join(get(f"/big/{n}") for n in range(count)))
+        await asyncio.sleep(3)  # not reading: the proxy must stop, not buffer
+        grown = s.proxy.rss_bytes() - rss_before
+        assert grown < 40 * 1024 * 1024, f"RSS grew {grown / 2**20:.1f} MiB"
+        held = len(s.legacy.seen)
+        assert held < count  # it stopped asking the upstream too
+        for _ in range(count):  # now read: every answer arrives, whole and in order
+            resp = await read(reader)
+            assert resp.status == 200
+            assert len(resp.body) == len(BIG)
+    assert [seen.raw_path for seen in s.legacy.seen] == [f"/big/{n}" for n in range(count)]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.reliability.fakes import FakeLoop, closed_port
-from tests.reliability.slowloris import SLOWLORIS_TESTS, SlowClients
+from tests.reliability.slowloris import SLOWLORIS_TESTS, BigAnswers, SlowClients
 from tests.support import ProxyProcess, config_dict, write_config
 
 # A short drain keeps teardown fast; the shutdown tests pass their own `--grace`.
@@ -94,7 +94,7 @@ def slow_clients(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlowClien
     """The slowloris probe, started with the suite (see the module docstring)."""
     directory = tmp_path_factory.mktemp("slowloris")
     unused = f"http://127.0.0.1:{closed_port()}"
-    with shared_proxy(directory, config_dict(unused, unused)) as proxy:
+    with BigAnswers() as legacy, shared_proxy(directory, config_dict(unused, legacy.url)) as proxy:
         clients = SlowClients(proxy.port)
         clients.start()
         yield clients

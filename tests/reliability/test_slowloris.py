@@ -34,3 +34,9 @@ async def test_slowloris_request_head_is_cut_off(slow_clients: SlowClients) -> N
 
 async def test_silent_connection_is_closed(slow_clients: SlowClients) -> None:
     await _closed_within_limit(slow_clients, slow_clients.silent)
+
+
+async def test_client_that_never_reads_its_answers_is_cut_off(slow_clients: SlowClients) -> None:
+    # nginx's send_timeout: a client that reads nothing for the keep-alive time is dropped,
+    # and meanwhile the proxy held at most one answer beyond the socket buffers.
+    await _closed_within_limit(slow_clients, slow_clients.nonreader)
