@@ -399,6 +399,11 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            # llhttp takes a request line without a version ("GET /x\n") as HTTP/0.9;
+            # forwarded as HTTP/1.1 it would be a different request than the one sent.
+            raise _Rejected(400, "HTTP/1.0 or HTTP/1.1 only")
         headers = self._headers
         method = parser.get_method().decode("ascii")
         length_header = headers.get("content-length")
@@ -407,12 +412,12 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         body = None
         if has_body:
             expect = (headers.get("expect") or "").lower() == "100-continue"
-            body = self._parsing = IncomingBody(self, expect and parser.get_http_version() == "1.1")
+            body = self._parsing = IncomingBody(self, expect and version == "1.1")
         request = Request(
             self,
             method,
             self._url.decode("utf-8", "surrogateescape"),
-            parser.get_http_version(),
+            version,
             headers,
             parser.should_keep_alive(),
             body,

@@ -181,8 +181,19 @@ async def test_bare_question_mark_is_kept(
         (get("/many", *[f"X-H-{n}: v" for n in range(101)]), 431),
         (b"GET /bad HTTP/1.1\r\nHost: proxy.test\r\nBad Header\r\n\r\n", 400),
         (b"NOT-HTTP\r\n\r\n", 400),
+        # Found by the fuzzer: llhttp reads a request line without a version as HTTP/0.9.
+        (b"GET /m/\n\r\n HTTP/1.1\r\nHost: proxy.test\r\n\r\n", 400),
+        (b"GET /m\r\n\r\n", 400),
     ],
-    ids=["long-target", "long-header", "101-headers", "malformed-header", "not-http"],
+    ids=[
+        "long-target",
+        "long-header",
+        "101-headers",
+        "malformed-header",
+        "not-http",
+        "lf-in-target",
+        "http-0.9",
+    ],
 )
 async def test_limits_and_malformed_requests_get_their_status_and_close(
     upstream: UpstreamFactory, serve_proxy: ServeProxy, data: bytes, status: int
