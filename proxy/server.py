@@ -301,7 +301,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self.lost = False
         self._queue: collections.deque[Request | _Rejected] = collections.deque()
         self._current: Request | None = None  # being handled
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # a strong reference while it runs
         self._parsing: IncomingBody | None = None  # body still arriving
         self._stopped = False  # no further request is read (error, upgrade, close)
         self._reading_paused = False
@@ -551,11 +551,9 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
                 return
         self._timer = self._loop.call_later(wait, self._check_idle)
 
-    def close_if_idle(self) -> bool:
+    def close_if_idle(self) -> None:
         if self._current is None and not self._queue:
             self._close()
-            return True
-        return False
 
     # --- transport -------------------------------------------------------------------
 
