@@ -298,7 +298,7 @@ def _git_head() -> str:
 
 def start_all(procs: Processes, args: argparse.Namespace, wanted: Sequence[str]) -> Setup:
     tmp: Path = args.tmp
-    names = ("signal", "legacy", "nginx", "minimal", "floor", "rollout", "admin")
+    names: tuple[str, ...] = ("signal", "legacy", "nginx", "minimal", "floor", "rollout", "admin")
     names += ("rollout-aio", "admin-aio")
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     signal_url = f"http://127.0.0.1:{ports['signal']}"
@@ -359,12 +359,15 @@ def start_all(procs: Processes, args: argparse.Namespace, wanted: Sequence[str])
     rollout_admin = None
     rollout_workers = "1 (single process)"
     notes: list[str] = []
-    # `rollout` on its default event loop (uvloop), `rollout-aio` with `--loop asyncio`.
+    # `rollout` on its default event loop (uvloop), `rollout-aio` with `--loop asyncio`:
+    # the same code, prepared once (a `--rollout-rev` snapshot is extracted once).
+    rollout_names = [name for name in ("rollout", "rollout-aio") if name in wanted]
+    if rollout_names:
+        rollout = RolloutCommand.prepare(tmp, args.rollout_rev, args.rollout_src)
     for name, admin, loop in (("rollout", "admin", None), ("rollout-aio", "admin-aio", "asyncio")):
-        if name not in wanted:
+        if name not in rollout_names:
             continue
         config = rollout_config(tmp, ports, name, admin)
-        rollout = RolloutCommand.prepare(tmp, args.rollout_rev, args.rollout_src)
         notes.append(f"{name}: {rollout.source}")
         argv = [*rollout.argv, "serve", "-c", str(config), "--grace", "0"]
         if loop is not None:

@@ -32,6 +32,7 @@ import httptools
 
 from proxy.errors import ClientGoneError
 from proxy.flow import WriteFlow
+from proxy.listener import Listener, open_sockets
 from proxy.logs import RateLimitedWarning
 
 log = logging.getLogger("rollout.server")
@@ -600,16 +601,12 @@ class HttpServer:
         self.connections: set[HttpConnection] = set()
         self.closing = False
         self.rejections = RateLimitedWarning(log)
-        self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
-        self._server = await self.loop.create_server(
-            lambda: HttpConnection(self),
-            host,
-            port,
-            reuse_port=reuse_port or None,
-            backlog=4096,
-        )
+        sockets = open_sockets(host, port, reuse_port=reuse_port)
+        self._listener = Listener(self.loop, sockets, lambda: HttpConnection(self))
+        self._listener.start()
 
     def begin_drain(self) -> None:
         """From now on every response says `Connection: close` (reconnect elsewhere)."""
@@ -618,8 +615,8 @@ class HttpServer:
     def stop_listening(self) -> None:
         """No new connections; idle keep-alive connections are closed."""
         self.closing = True
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            self._listener.close()
         for conn in list(self.connections):
             conn.close_if_idle()
 
