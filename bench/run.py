@@ -689,6 +689,22 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous[1])
 
 
+APT_PACKAGES = {"nginx": "nginx", "wrk": "wrk", "taskset": "util-linux"}
+
+
+def prepare_process(tools: Sequence[str]) -> bool:
+    """Find the tools (also in /usr/sbin), take Ctrl-C, raise the fd limit; False if missing."""
+    for tool in tools:
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            print(f"{tool} not found (apt-get install {APT_PACKAGES[tool]})", file=sys.stderr)
+            return False
+    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    # Started in the background by a non-interactive shell, SIGINT would be ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    raise_nofile()
+    return True
+
+
 def raise_nofile() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
@@ -750,14 +766,8 @@ def benchmark(procs: Processes, args: argparse.Namespace, results: dict[str, Any
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    for tool in ("nginx", "wrk", "taskset"):
-        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-            print(f"{tool} not found (apt-get install nginx wrk util-linux)", file=sys.stderr)
-            return 2
-    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    # Started in the background by a non-interactive shell, SIGINT would be ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    raise_nofile()
+    if not prepare_process(("nginx", "wrk", "taskset")):
+        return 2
     estimate = estimate_seconds(args)
     if args.retry_budget is None:
         args.retry_budget = 0.25 * estimate

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -47,7 +46,7 @@ from run import (
     BenchError,
     free_ports,
     http_get,
-    raise_nofile,
+    prepare_process,
     rollout_config,
     run_wrk,
     wait_until_up,
@@ -301,13 +300,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for tool in ("nginx", "wrk"):
-        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-            print(f"{tool} not found (apt-get install nginx wrk)", file=sys.stderr)
-            return 2
-    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    raise_nofile()
+    if not prepare_process(("nginx", "wrk")):
+        return 2
     minutes = args.rounds * 2 * (args.warmup + args.duration + 1) / 60
     print(f"scaling: {args.rounds} round(s), about {minutes:.1f} min", file=sys.stderr)
     args.tmp = Path(tempfile.mkdtemp(prefix="rollout-scaling-"))
