@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from proxy import __version__
-from proxy.config import Config
+from proxy.config.values import Config
 from proxy.reload import reload_now
 from proxy.routing import Side
 from proxy.runtime import RUNTIME, Runtime

@@ -19,7 +19,8 @@ from aiohttp import web
 
 from proxy import __version__
 from proxy.admin import create_admin_app
-from proxy.config import Config, load_config
+from proxy.config.load import load_config
+from proxy.config.values import Config
 from proxy.gateway import make_handler
 from proxy.reload import POLL_INTERVAL, reload_now, watch
 from proxy.runtime import Runtime

@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from proxy import __version__
-from proxy.config import Config, as_mapping, load_config, resolve_config_path
+from proxy.config.diff import as_mapping
+from proxy.config.load import load_config, resolve_config_path
+from proxy.config.values import Config
 from proxy.errors import ConfigError
 from proxy.logs import setup_logging
 from proxy.routing import choose_upstream, threshold

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from proxy.app import serve
-from proxy.config import parse_config
+from proxy.config.load import parse_config
 from proxy.demo_apis import start_apis
 from proxy.routing import bucket, threshold
 

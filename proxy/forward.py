@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import httptools
 
-from proxy.config import Upstream
+from proxy.config.values import Upstream
 from proxy.errors import (
     UpstreamError,
     UpstreamResetError,

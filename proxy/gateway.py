@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 
-from proxy.config import Config, Upstream
+from proxy.config.values import Config, Upstream
 from proxy.errors import ClientGoneError, FailureReason, UpstreamError, UpstreamTimeoutError
 from proxy.fallback import should_fall_back
 from proxy.forward import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from proxy.config import GuardConfig
+from proxy.config.values import GuardConfig
 from proxy.window import Clock, Window, WindowStats
 
 

@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from proxy.config import Config
+from proxy.config.values import Config
 
 
 class LiveError(Exception):

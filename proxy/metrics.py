@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from proxy.config import DEFAULT_FEATURE, Config
+from proxy.config.values import DEFAULT_FEATURE, Config
 from proxy.errors import FailureReason
 from proxy.routing import Reason, Side
 

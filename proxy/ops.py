@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from proxy.config import Config, format_value, load_config, parse_config, resolve_config_path
+from proxy.config.load import load_config, parse_config, resolve_config_path
+from proxy.config.values import Config, format_value
 from proxy.console import Console
 from proxy.edit import EditError, set_value, write_atomically
 from proxy.errors import ConfigError

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from proxy.config import GuardConfig, PromotionConfig
+from proxy.config.values import GuardConfig, PromotionConfig
 
 
 def stage_index(stages: tuple[float, ...], percentage: float) -> int | None:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proxy.config import diff_configs, load_config
+from proxy.config.diff import diff_configs
+from proxy.config.load import load_config
 from proxy.errors import ConfigError
 from proxy.runtime import Runtime
 

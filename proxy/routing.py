@@ -9,7 +9,7 @@ from typing import Protocol
 
 import mmh3
 
-from proxy.config import DEFAULT_FEATURE, Feature, RolloutConfig, SessionConfig
+from proxy.config.values import DEFAULT_FEATURE, Feature, RolloutConfig, SessionConfig
 
 BUCKETS = 10_000
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from proxy.compare import Answer
-from proxy.config import Config, Upstream
+from proxy.config.values import Config, Upstream
 from proxy.forward import RequestBody, request_head, upstream_target
 from proxy.guard import Guard
 from proxy.metrics import Metrics

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.compare import Answer, FieldDiff, Ignore, compare, json_paths_that_differ
-from proxy.config import Config, ShadowConfig, Upstream
+from proxy.config.values import Config, ShadowConfig, Upstream
 from proxy.errors import UpstreamError
 from proxy.forward import translate_errors
 from proxy.upstream import Pool

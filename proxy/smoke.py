@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from proxy.config import Config
+from proxy.config.values import Config
 
 SMOKE_PATHS = ("/health", "/signals?limit=10", "/signals/stats")
 SMOKE_SESSION = "rollout-smoke-test"

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from proxy.config import Config
+from proxy.config.values import Config
 
 
 @dataclass(eq=False)

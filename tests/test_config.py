@@ -9,15 +9,9 @@ from typing import Any
 
 import pytest
 
-from proxy.config import (
-    Config,
-    Feature,
-    as_mapping,
-    diff_configs,
-    load_config,
-    parse_config,
-    resolve_config_path,
-)
+from proxy.config.diff import as_mapping, diff_configs
+from proxy.config.load import load_config, parse_config, resolve_config_path
+from proxy.config.values import Config, Feature
 from proxy.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "rollout.yaml"

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.config import Config, load_config, parse_config
+from proxy.config.load import load_config, parse_config
+from proxy.config.values import Config
 from tests.support import HOST, ProxyProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.config import parse_config
+from proxy.config.load import parse_config
 from proxy.edit import EditError, set_value, verify_edit, write_atomically
 
 EXAMPLE_PATH = Path(__file__).resolve().parent.parent / "config" / "rollout.yaml"

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from proxy.config import GuardConfig
+from proxy.config.values import GuardConfig
 from proxy.guard import Guard, Trip, trip_reason
 from proxy.window import WindowStats
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.config import GuardConfig, PromotionConfig
+from proxy.config.values import GuardConfig, PromotionConfig
 from proxy.plan import (
     Figures,
     Recommendation,

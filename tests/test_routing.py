@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from proxy.config import Feature, RolloutConfig, SessionConfig
+from proxy.config.values import Feature, RolloutConfig, SessionConfig
 from proxy.routing import (
     BUCKETS,
     Decision,

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import yaml
 
-from proxy.config import parse_config
+from proxy.config.load import parse_config
 from tests.reliability.conftest import FAST_STOP, StartProxy
 from tests.reliability.fakes import (
     FakeLoop,

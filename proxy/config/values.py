@@ -1,0 +1,155 @@
+"""The configuration as frozen values (SPEC 2); built and validated only by `load.py`.
+
+Field metadata tells generic code what a field is without looking at its name:
+`secret` (never printed, only "changed" / "***") and `keyed_by` (a tuple of values
+compared item by item under that attribute, e.g. features by name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from yarl import URL
+
+DEFAULT_FEATURE = "default"
+
+SECRET = {"secret": True}
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = 9180
+    token: str | None = field(default=None, repr=False, metadata=SECRET)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    name: str
+    url: str
+    # Derived once here, not per request: what the connection pool and `Host` need.
+    host: str = field(init=False, compare=False)
+    port: int = field(init=False, compare=False)
+    tls: bool = field(init=False, compare=False)
+    authority: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        url = URL(self.url) if self.url else URL("http://invalid")
+        object.__setattr__(self, "host", url.raw_host or "")
+        object.__setattr__(self, "port", url.port or 80)
+        object.__setattr__(self, "tls", url.scheme == "https")
+        object.__setattr__(self, "authority", url.raw_authority)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstreams:
+    signal: Upstream
+    legacy: Upstream
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 1.0
+    signal: float = 5.0
+    total: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    header: str = "X-Session-Id"
+    cookie: str = "session_id"
+    set_cookie: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    name: str
+    paths: tuple[str, ...]
+    percentage: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutConfig:
+    percentage: float = 10.0
+    seed: str = "rollout"
+    emergency: bool = False
+    test_sessions: frozenset[str] = frozenset()
+    stages: tuple[float, ...] = (0.0, 10.0, 30.0, 50.0, 80.0, 100.0)
+    features: tuple[Feature, ...] = field(default=(), metadata={"keyed_by": "name"})
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackConfig:
+    enabled: bool = True
+    statuses: frozenset[int] = frozenset({500, 502, 503, 504})
+    max_body_bytes: int = 1048576
+
+
+@dataclass(frozen=True, slots=True)
+class GuardConfig:
+    enabled: bool = True
+    window_seconds: int = 60
+    min_requests: int = 50
+    max_error_rate: float = 0.05
+    max_p95_ms: float = 500.0
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionConfig:
+    min_requests: int = 100
+    max_error_rate: float = 0.01
+    max_p95_ms: float = 200.0
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowConfig:
+    enabled: bool = False
+    percentage: float = 5.0
+    methods: frozenset[str] = frozenset({"GET", "HEAD"})
+    ignore: tuple[str, ...] = ()
+    learn_noise: bool = False
+    max_in_flight: int = 50
+    keep_diffs: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    upstreams: Upstreams
+    listen: Listener = Listener("0.0.0.0", 8080)
+    admin: AdminConfig = AdminConfig()
+    timeouts: Timeouts = Timeouts()
+    session: SessionConfig = SessionConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    fallback: FallbackConfig = FallbackConfig()
+    guard: GuardConfig = GuardConfig()
+    promotion: PromotionConfig = PromotionConfig()
+    shadow: ShadowConfig = ShadowConfig()
+
+    def feature_percentages(self) -> dict[str, float]:
+        """Configured percentage per feature, `default` being the global one."""
+        out = {DEFAULT_FEATURE: self.rollout.percentage}
+        for feature in self.rollout.features:
+            pct = self.rollout.percentage if feature.percentage is None else feature.percentage
+            out[feature.name] = pct
+        return out
+
+
+def format_value(value: object) -> str:
+    """How values appear in messages and change logs: YAML-like, floats without `.0`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, frozenset):
+        return "[" + ", ".join(format_value(v) for v in sorted(value)) + "]"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    return str(value)
