@@ -17,7 +17,7 @@ from proxy.config.load import load_config, resolve_config_path
 from proxy.config.values import Config
 from proxy.errors import ConfigError
 from proxy.logs import setup_logging
-from proxy.routing import choose_upstream, threshold
+from proxy.rollout.routing import choose_upstream, threshold
 
 # Event loop implementations `rollout serve --loop` offers (see bench/RESULTS.md).
 LOOPS = ("asyncio", "uvloop")

@@ -13,7 +13,7 @@ import yaml
 from proxy.app import serve
 from proxy.config.load import parse_config
 from proxy.demo_apis import start_apis
-from proxy.routing import bucket, threshold
+from proxy.rollout.routing import bucket, threshold
 
 log = logging.getLogger("rollout.demo")
 

@@ -12,7 +12,6 @@ import logging
 
 from proxy.config.values import Config, Upstream
 from proxy.errors import ClientGoneError, FailureReason, UpstreamError, UpstreamTimeoutError
-from proxy.fallback import should_fall_back
 from proxy.forward import (
     RequestBody,
     client_response_headers,
@@ -21,7 +20,8 @@ from proxy.forward import (
     request_head,
     send,
 )
-from proxy.routing import Decision, Side, choose_upstream, find_session_id, mint_session_id
+from proxy.rollout.fallback import should_fall_back
+from proxy.rollout.routing import Decision, Side, choose_upstream, find_session_id, mint_session_id
 from proxy.runtime import Runtime
 from proxy.server import Handler, Request
 from proxy.upstream import UpstreamResponse

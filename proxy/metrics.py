@@ -15,7 +15,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy.config.values import DEFAULT_FEATURE, Config
 from proxy.errors import FailureReason
-from proxy.routing import Reason, Side
+from proxy.rollout.routing import Reason, Side
 
 # 0.2 s and 0.5 s are the promotion and rollback P95 criteria: they must be bucket edges
 # so histogram_quantile() is exact at the thresholds that matter.

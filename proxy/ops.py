@@ -19,15 +19,6 @@ from proxy.edit import EditError, set_value, write_atomically
 from proxy.errors import ConfigError
 from proxy.history import record
 from proxy.live import LiveError, admin_url, fetch, fetch_metrics, fetch_status
-from proxy.plan import (
-    Figures,
-    Recommendation,
-    Status,
-    describe_stage,
-    judge,
-    next_stage,
-    previous_stage,
-)
 from proxy.report import (
     SIDES,
     SideFigures,
@@ -36,6 +27,15 @@ from proxy.report import (
     match_rate,
     shadow_counts,
     shadow_from_prometheus,
+)
+from proxy.rollout.stages import (
+    Figures,
+    Recommendation,
+    describe_stage,
+    judge,
+    next_stage,
+    previous_stage,
+    promotion_blockers,
 )
 from proxy.smoke import proxy_url, run_smoke
 
@@ -281,25 +281,14 @@ def cmd_promote(args: argparse.Namespace) -> int:
         con.warning(f"proxy not reachable ({where}); promoting anyway (--force)")
     else:
         verdict = judge(_signal_figures(live), config.promotion, config.guard)
-        blocked = []
-        served = live["percentages"]["default"]
-        if served != r.percentage:
-            blocked.append(
-                f"the proxy serves {served:g} %, not the file's {r.percentage:g} %: its "
-                "figures are no evidence for this stage yet (wait for the reload)"
-            )
-        if live["guard"]["tripped"]:
-            blocked.append(f"the guard is tripped: {live['guard']['reason']}")
-        if r.emergency:
-            blocked.append("emergency is on")
-        for c in verdict.promotion:
-            if c.status is not Status.PASS:
-                blocked.append(f"{c.name}: {c.actual}, needs {c.target}")
-        if verdict.missing_requests:
-            blocked.append(
-                f"{verdict.missing_requests} more signal requests needed in the window "
-                "(low traffic is not a pass)"
-            )
+        guard = live["guard"]
+        blocked = promotion_blockers(
+            verdict,
+            configured=r.percentage,
+            served=live["percentages"]["default"],
+            emergency=r.emergency,
+            guard_trip=str(guard["reason"]) if guard["tripped"] else None,
+        )
         if blocked and not args.force:
             con.error(f"not promoting {r.percentage:g} % -> {target:g} %:")
             for reason in blocked:

@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from proxy.compare import Answer
 from proxy.config.values import Config, Upstream
 from proxy.forward import RequestBody, request_head, upstream_target
-from proxy.guard import Guard
 from proxy.metrics import Metrics
-from proxy.routing import Side
+from proxy.rollout.compare import Answer
+from proxy.rollout.guard import Guard
+from proxy.rollout.routing import Side
+from proxy.rollout.window import Window
 from proxy.server import Request
 from proxy.shadow import SHADOW_HEADER, Mirror, Shadow
 from proxy.store import ConfigStore
 from proxy.upstream import Pool, UpstreamResponse
-from proxy.window import Window
 
 if TYPE_CHECKING:
     from proxy.gateway import Capture

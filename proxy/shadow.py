@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.compare import Answer, FieldDiff, Ignore, compare, json_paths_that_differ
 from proxy.config.values import Config, ShadowConfig, Upstream
 from proxy.errors import UpstreamError
 from proxy.forward import translate_errors
+from proxy.rollout.compare import Answer, FieldDiff, Ignore, compare, json_paths_that_differ
 from proxy.upstream import Pool
 
 log = logging.getLogger("rollout.shadow")

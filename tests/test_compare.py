@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.compare import (
+from proxy.rollout.compare import (
     MAX_FIELDS,
     MAX_SHOWN,
     Answer,

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from proxy.errors import FailureReason
-from proxy.fallback import should_fall_back
+from proxy.rollout.fallback import should_fall_back
 
 # SPEC 5, transcribed: per failure, (GET/HEAD/OPTIONS/PUT/DELETE with the body buffered,
 # POST/PATCH/others or a body too large to buffer).

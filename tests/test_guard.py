@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from proxy.config.values import GuardConfig
-from proxy.guard import Guard, Trip, trip_reason
-from proxy.window import WindowStats
+from proxy.rollout.guard import Guard, Trip, trip_reason
+from proxy.rollout.window import WindowStats
 
 CONFIG = GuardConfig(
     enabled=True, window_seconds=60, min_requests=50, max_error_rate=0.05, max_p95_ms=500.0

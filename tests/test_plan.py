@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 
 from proxy.config.values import GuardConfig, PromotionConfig
-from proxy.plan import (
+from proxy.rollout.stages import (
     Figures,
     Recommendation,
     Status,
+    Verdict,
     describe_stage,
     judge,
     next_stage,
     previous_stage,
+    promotion_blockers,
     stage_index,
 )
 
@@ -222,3 +224,43 @@ def test_judge_without_latency_shows_na() -> None:
     verdict = judge(Figures(0, 0.0, None), PROMOTION, GUARD)
     assert verdict.promotion[2].actual == "n/a"
     assert verdict.rollback[1].actual == "n/a"
+
+
+_PASSING = judge(Figures(500, 0.001, 50.0), PromotionConfig(), GuardConfig())
+_FAILING = judge(Figures(500, 0.02, 250.0), PromotionConfig(), GuardConfig())
+_THIN = judge(Figures(40, 0.0, 50.0), PromotionConfig(), GuardConfig())
+
+
+@pytest.mark.parametrize(
+    ("verdict", "served", "emergency", "trip", "expected"),
+    [
+        (_PASSING, 10.0, False, None, []),
+        (_PASSING, 0.0, False, None, ["the proxy serves 0 %, not the file's 10 %"]),
+        (_PASSING, 10.0, False, "error rate 9.00 % > 5.00 %", ["the guard is tripped: error"]),
+        (_PASSING, 10.0, True, None, ["emergency is on"]),
+        (_FAILING, 10.0, False, None, ["error rate: 2.00 %, needs < 1.00 %", "p95 latency:"]),
+        (
+            _THIN,
+            10.0,
+            False,
+            None,
+            ["signal requests in window: 40", "error rate", "p95", "60 more signal requests"],
+        ),
+        (
+            _FAILING,
+            30.0,
+            True,
+            "p95",
+            ["the proxy serves 30 %", "the guard is tripped: p95", "emergency", "error", "p95"],
+        ),
+    ],
+)
+def test_promotion_blockers(
+    verdict: Verdict, served: float, emergency: bool, trip: str | None, expected: list[str]
+) -> None:
+    blocked = promotion_blockers(
+        verdict, configured=10.0, served=served, emergency=emergency, guard_trip=trip
+    )
+    assert len(blocked) == len(expected), blocked
+    for sentence, start in zip(blocked, expected, strict=True):
+        assert sentence.startswith(start), (sentence, start)

@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.routing import bucket
+from proxy.rollout.routing import bucket
 from tests.conftest import UpstreamFactory, server_url
 from tests.support import HOST, ProxyProcess, RawResponse, config_dict, raw_request, write_config
 

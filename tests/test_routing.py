@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from proxy.config.values import Feature, RolloutConfig, SessionConfig
-from proxy.routing import (
+from proxy.rollout.routing import (
     BUCKETS,
     Decision,
     Reason,

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.window import EDGES_MS, Window, WindowStats
+from proxy.rollout.window import EDGES_MS, Window, WindowStats
 
 # Consecutive edges grow by 8 %; rounding to 3 decimals widens the first few a little.
 RESOLUTION = 1.082

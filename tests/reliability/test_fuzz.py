@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.routing import bucket
+from proxy.rollout.routing import bucket
 from tests.reliability.conftest import StartProxy
 from tests.reliability.fakes import FakeLoop, RawUpstream, Seen
 from tests.support import HOST, ProxyProcess

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from proxy.routing import bucket
+from proxy.rollout.routing import bucket
 from tests.reliability.conftest import running_cleanly, shared_proxy
 from tests.reliability.fakes import FakeLoop, RawUpstream, Seen, raw_header, scripted
 from tests.reliability.probes import http_request, read_to_end

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 import yaml
 
-from proxy.routing import bucket
+from proxy.rollout.routing import bucket
 from tests.reliability.conftest import StartProxy
 from tests.reliability.fakes import FakeLoop, reset_before_headers, scripted, status
 from tests.support import HOST, ProxyProcess, read_response

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from proxy.config.values import GuardConfig
-from proxy.window import Clock, Window, WindowStats
+from proxy.rollout.window import Clock, Window, WindowStats
 
 
 @dataclass(frozen=True, slots=True)

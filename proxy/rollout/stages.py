@@ -143,3 +143,40 @@ def judge(signal: Figures, promotion: PromotionConfig, guard: GuardConfig) -> Ve
     else:
         recommendation = Recommendation.HOLD
     return Verdict(promo, rollback, recommendation, missing)
+
+
+def promotion_blockers(
+    verdict: Verdict,
+    *,
+    configured: float,
+    served: float,
+    emergency: bool,
+    guard_trip: str | None,
+) -> list[str]:
+    """Why `rollout promote` must not move on, one sentence each; empty: it may. Pure.
+
+    `served` is the percentage the running proxy applies: figures gathered at another
+    percentage are no evidence for this stage. `guard_trip` is the trip reason, None while
+    the guard is armed.
+    """
+    blocked = []
+    if served != configured:
+        blocked.append(
+            f"the proxy serves {served:g} %, not the file's {configured:g} %: its "
+            "figures are no evidence for this stage yet (wait for the reload)"
+        )
+    if guard_trip is not None:
+        blocked.append(f"the guard is tripped: {guard_trip}")
+    if emergency:
+        blocked.append("emergency is on")
+    blocked.extend(
+        f"{c.name}: {c.actual}, needs {c.target}"
+        for c in verdict.promotion
+        if c.status is not Status.PASS
+    )
+    if verdict.missing_requests:
+        blocked.append(
+            f"{verdict.missing_requests} more signal requests needed in the window "
+            "(low traffic is not a pass)"
+        )
+    return blocked
