@@ -16,8 +16,8 @@ from proxy.config.diff import as_mapping
 from proxy.config.load import load_config, resolve_config_path
 from proxy.config.values import Config
 from proxy.errors import ConfigError
-from proxy.logs import setup_logging
 from proxy.rollout.routing import choose_upstream, threshold
+from proxy.telemetry.logs import setup_logging
 
 # Event loop implementations `rollout serve --loop` offers (see bench/RESULTS.md).
 LOOPS = ("asyncio", "uvloop")

@@ -16,7 +16,7 @@ import logging
 import socket
 from collections.abc import Callable
 
-from proxy.logs import RateLimitedWarning
+from proxy.telemetry.logs import RateLimitedWarning
 
 log = logging.getLogger("rollout.listener")
 

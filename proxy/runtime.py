@@ -15,7 +15,6 @@ from aiohttp import web
 
 from proxy.config.values import Config, Upstream
 from proxy.forward import RequestBody, request_head, upstream_target
-from proxy.metrics import Metrics
 from proxy.rollout.compare import Answer
 from proxy.rollout.guard import Guard
 from proxy.rollout.routing import Side
@@ -23,6 +22,7 @@ from proxy.rollout.window import Window
 from proxy.server import Request
 from proxy.shadow import SHADOW_HEADER, Mirror, Shadow
 from proxy.store import ConfigStore
+from proxy.telemetry.metrics import Metrics
 from proxy.upstream import Pool, UpstreamResponse
 
 if TYPE_CHECKING:

@@ -33,7 +33,7 @@ import httptools
 from proxy.errors import ClientGoneError
 from proxy.flow import WriteFlow
 from proxy.listener import Listener, open_sockets
-from proxy.logs import RateLimitedWarning
+from proxy.telemetry.logs import RateLimitedWarning
 
 log = logging.getLogger("rollout.server")
 

@@ -9,7 +9,7 @@ import pytest
 from aiohttp.http_exceptions import BadHttpMessage
 
 from proxy.demo_apis import legacy_app, signal_app
-from proxy.logs import ClientErrorFilter, RateLimitedWarning
+from proxy.telemetry.logs import ClientErrorFilter, RateLimitedWarning
 from tests.conftest import UpstreamFactory, server_url
 from tests.support import ProxyProcess, config_dict, raw_request
 
