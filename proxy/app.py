@@ -1,6 +1,6 @@
 """Wiring: the public server and the admin application, their lifecycles, and `serve()`.
 
-The public side is our own HTTP server (`proxy.server`: every request is proxied, nothing
+The public side is our own HTTP server (`proxy.http.server`: every request is proxied, nothing
 to route); the admin side an aiohttp application. The process's background work (config
 watcher, connection pools, shadow mirrors) is the `running()` context.
 """
@@ -22,9 +22,9 @@ from proxy.admin import create_admin_app
 from proxy.config.load import load_config
 from proxy.config.values import Config
 from proxy.gateway import make_handler
+from proxy.http.server import HttpServer
 from proxy.reload import POLL_INTERVAL, reload_now, watch
 from proxy.runtime import Runtime
-from proxy.server import HttpServer
 from proxy.store import ConfigStore
 
 log = logging.getLogger("rollout")

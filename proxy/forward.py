@@ -21,8 +21,8 @@ from proxy.errors import (
     UpstreamResetError,
     UpstreamTimeoutError,
 )
-from proxy.server import IncomingBody, Request
-from proxy.upstream import Pool, UpstreamResponse, build_head
+from proxy.http.client import Pool, UpstreamResponse, build_head
+from proxy.http.server import IncomingBody, Request
 
 # RFC 9110 section 7.6.1, plus the legacy Keep-Alive / Proxy-Connection.
 HOP_BY_HOP = frozenset(

@@ -20,11 +20,11 @@ from proxy.forward import (
     request_head,
     send,
 )
+from proxy.http.client import UpstreamResponse
+from proxy.http.server import Handler, Request
 from proxy.rollout.fallback import should_fall_back
 from proxy.rollout.routing import Decision, Side, choose_upstream, find_session_id, mint_session_id
 from proxy.runtime import Runtime
-from proxy.server import Handler, Request
-from proxy.upstream import UpstreamResponse
 
 log = logging.getLogger("rollout.gateway")
 

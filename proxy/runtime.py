@@ -15,15 +15,15 @@ from aiohttp import web
 
 from proxy.config.values import Config, Upstream
 from proxy.forward import RequestBody, request_head, upstream_target
+from proxy.http.client import Pool, UpstreamResponse
+from proxy.http.server import Request
 from proxy.rollout.compare import Answer
 from proxy.rollout.guard import Guard
 from proxy.rollout.routing import Side
 from proxy.rollout.window import Window
-from proxy.server import Request
 from proxy.shadow import SHADOW_HEADER, Mirror, Shadow
 from proxy.store import ConfigStore
 from proxy.telemetry.metrics import Metrics
-from proxy.upstream import Pool, UpstreamResponse
 
 if TYPE_CHECKING:
     from proxy.gateway import Capture

@@ -20,8 +20,8 @@ from typing import Any
 from proxy.config.values import Config, ShadowConfig, Upstream
 from proxy.errors import UpstreamError
 from proxy.forward import translate_errors
+from proxy.http.client import Pool
 from proxy.rollout.compare import Answer, FieldDiff, Ignore, compare, json_paths_that_differ
-from proxy.upstream import Pool
 
 log = logging.getLogger("rollout.shadow")
 

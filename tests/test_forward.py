@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.forward import HOP_BY_HOP, client_response_headers, forwardable_head
-from proxy.upstream import parse_head
+from proxy.http.client import parse_head
 
 PLAIN = (
     b"Content-Type: application/json\r\n"

@@ -18,8 +18,8 @@ from typing import Any, cast
 import pytest
 import uvloop
 
-from proxy import listener
-from proxy.listener import Listener, open_sockets
+from proxy.http import listener
+from proxy.http.listener import Listener, open_sockets
 
 LOOPS = pytest.mark.parametrize(
     "loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]

@@ -1,10 +1,10 @@
 """A lean HTTP/1.1 client for the two upstreams: pooled keep-alive connections.
 
 Why not aiohttp's ClientSession: a proxy needs none of its features (cookies, redirects,
-auth, tracing, decompression) and pays for them on every request; measured on the bench
-machine it costs ~220 us of CPU per request, this client ~60 us. The wire format is
-parsed by llhttp (through `httptools`, the parser uvicorn uses); this module only frames
-requests, pools connections and applies backpressure.
+auth, tracing, decompression) and pays for them on every request, several times this
+client's CPU per request (bench/RESULTS.md). The wire format is parsed by llhttp
+(through `httptools`, the parser uvicorn uses); this module only frames requests, pools
+connections and applies backpressure.
 
 Semantics the proxy relies on:
 - the request target is sent byte for byte; `Host` and every other header as given;
@@ -31,7 +31,7 @@ from typing import cast
 import httptools
 
 from proxy.errors import UpstreamConnectError, UpstreamResetError, UpstreamTimeoutError
-from proxy.flow import WriteFlow
+from proxy.http.flow import WriteFlow
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 MAX_HEADERS = 1000

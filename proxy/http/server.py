@@ -1,10 +1,10 @@
 """The public listener: HTTP/1.1 on an asyncio Protocol, parsed by llhttp (httptools).
 
-Why not aiohttp's server: on the bench it cost ~110 us of CPU per request before our
-handler ran (request and response objects, header multidicts, a payload parser, a task
-and a timer per request), which was most of the latency a request gains by going through
-the proxy. This server only does what a proxy needs: parse, hand over raw values, write
-bytes. The upstream side is `proxy.upstream`, on the same parser.
+Why not aiohttp's server: before our handler ran it spent most of the latency a request
+gains by going through the proxy (request and response objects, header multidicts, a
+payload parser, a task and a timer per request; bench/RESULTS.md). This server only does
+what a proxy needs: parse, hand over raw values, write bytes. The upstream side is
+`proxy.http.client`, on the same parser.
 
 What it guarantees the handler:
 - requests of one connection are handled one at a time, in order (pipelined requests
@@ -31,8 +31,8 @@ from typing import cast
 import httptools
 
 from proxy.errors import ClientGoneError
-from proxy.flow import WriteFlow
-from proxy.listener import Listener, open_sockets
+from proxy.http.flow import WriteFlow
+from proxy.http.listener import Listener, open_sockets
 from proxy.telemetry.logs import RateLimitedWarning
 
 log = logging.getLogger("rollout.server")
