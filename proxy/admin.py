@@ -17,9 +17,9 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from proxy import __version__
 from proxy.config.values import Config
-from proxy.reload import reload_now
+from proxy.gateway.reload import reload_now
+from proxy.gateway.state import RUNTIME, Runtime
 from proxy.rollout.routing import Side
-from proxy.runtime import RUNTIME, Runtime
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

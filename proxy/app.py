@@ -21,11 +21,12 @@ from proxy import __version__
 from proxy.admin import create_admin_app
 from proxy.config.load import load_config
 from proxy.config.values import Config
-from proxy.gateway import make_handler
+from proxy.gateway.handler import make_handler
+from proxy.gateway.relay import relay_response
+from proxy.gateway.reload import POLL_INTERVAL, reload_now, watch
+from proxy.gateway.shadow import mirrored
+from proxy.gateway.state import ConfigStore, Runtime
 from proxy.http.server import HttpServer
-from proxy.reload import POLL_INTERVAL, reload_now, watch
-from proxy.runtime import Runtime
-from proxy.store import ConfigStore
 
 log = logging.getLogger("rollout")
 
@@ -88,7 +89,8 @@ async def serve(
     runtime = build_runtime(path, config)
     # A connection that has not completed a request head within this time is closed:
     # idle keep-alive clients and slowloris alike (75 s, as nginx and aiohttp's run_app).
-    public = HttpServer(make_handler(runtime), keepalive=KEEPALIVE_SECONDS)
+    relay = mirrored(relay_response, runtime.shadow, runtime.pool, runtime.metrics.shadow_result)
+    public = HttpServer(make_handler(runtime, relay), keepalive=KEEPALIVE_SECONDS)
     admin_runner = web.AppRunner(create_admin_app(runtime), access_log=None)
     await admin_runner.setup()
     try:

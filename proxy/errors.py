@@ -8,8 +8,9 @@
         ├── UpstreamTimeoutError   no response headers within the deadline
         └── UpstreamResetError     the connection dropped, or the answer was not HTTP
 
-Client library exceptions are translated into these in one place
-(`proxy.forward.translate_errors`); the status a client sees for each is `status`.
+Foreign exceptions (`TimeoutError`, `OSError`, `ssl.SSLError`) are translated into these
+in one place, `proxy.http.client.translate_errors`, always chained (`raise ... from exc`).
+The status a client sees for each is one table, `STATUS` (as Caddy's `statusError`).
 """
 
 from __future__ import annotations
@@ -44,26 +45,36 @@ class FailureReason(StrEnum):
     STATUS = "status"
 
 
+# What the proxy answers for a failed attempt it cannot fall back from.
+STATUS = {
+    FailureReason.CONNECT: 502,
+    FailureReason.RESET: 502,
+    FailureReason.TIMEOUT: 504,
+}
+# nginx's "client closed the request": nobody receives it, metrics count it.
+CLIENT_GONE = 499
+
+
 class UpstreamError(RolloutError):
     reason: FailureReason
-    status: int
 
     def __init__(self, upstream: str, detail: str) -> None:
         self.upstream = upstream
         self.detail = detail
         super().__init__(f"{upstream}: {self.reason.value}: {detail}")
 
+    @property
+    def status(self) -> int:
+        return STATUS[self.reason]
+
 
 class UpstreamConnectError(UpstreamError):
     reason = FailureReason.CONNECT
-    status = 502
 
 
 class UpstreamTimeoutError(UpstreamError):
     reason = FailureReason.TIMEOUT
-    status = 504
 
 
 class UpstreamResetError(UpstreamError):
     reason = FailureReason.RESET
-    status = 502

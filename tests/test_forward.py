@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.forward import HOP_BY_HOP, client_response_headers, forwardable_head
+from proxy.gateway.headers import HOP_BY_HOP, client_response_headers, forwardable_head
 from proxy.http.client import parse_head
 
 PLAIN = (

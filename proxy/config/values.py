@@ -52,6 +52,10 @@ class Upstreams:
     signal: Upstream
     legacy: Upstream
 
+    def of(self, side: str) -> Upstream:
+        """The upstream of a side by its name (`signal` or `legacy`)."""
+        return self.signal if side == "signal" else self.legacy
+
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:

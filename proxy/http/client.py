@@ -25,12 +25,18 @@ import collections
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
 from typing import cast
 
 import httptools
 
-from proxy.errors import UpstreamConnectError, UpstreamResetError, UpstreamTimeoutError
+from proxy.errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResetError,
+    UpstreamTimeoutError,
+)
 from proxy.http.flow import WriteFlow
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -38,6 +44,32 @@ MAX_HEADERS = 1000
 MAX_HEAD_BYTES = 64 * 1024
 READ_HIGH_WATER = 256 * 1024  # pause reading the upstream when this much is unconsumed
 MAX_IDLE_PER_POOL = 1024
+
+
+@contextmanager
+def translate_errors(
+    upstream: str, *, connecting: bool = False, timeout: str = "no response in time"
+) -> Iterator[None]:
+    """Timeouts and socket errors (TLS ones included) -> our `UpstreamError` tree: the one
+    place foreign exceptions are translated (as httpx's `map_httpcore_exceptions`).
+
+    While `connecting`, nothing has been sent: any failure is a connect failure, which
+    every method may fall back from. Afterwards a timeout is `timeout` and a socket error
+    a reset.
+    """
+    try:
+        yield
+    except UpstreamError:
+        raise
+    except TimeoutError as exc:
+        if connecting:
+            raise UpstreamConnectError(upstream, "connect timeout") from exc
+        raise UpstreamTimeoutError(upstream, timeout) from exc
+    except OSError as exc:
+        detail = exc.strerror or str(exc) or type(exc).__name__
+        if connecting:
+            raise UpstreamConnectError(upstream, detail) from exc
+        raise UpstreamResetError(upstream, detail) from exc
 
 
 _CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(\d+)[ \t]*\r$", re.IGNORECASE | re.MULTILINE)
@@ -352,7 +384,7 @@ class Pool:
 
     async def _connect(self, timeout: float) -> Connection:
         loop = asyncio.get_running_loop()
-        try:
+        with translate_errors(self.name, connecting=True):
             async with asyncio.timeout(timeout):
                 _, protocol = await loop.create_connection(
                     lambda: Connection(self),
@@ -361,10 +393,6 @@ class Pool:
                     ssl=self.ssl,
                     server_hostname=self.host if self.ssl else None,
                 )
-        except TimeoutError:
-            raise UpstreamConnectError(self.name, "connect timeout") from None
-        except OSError as exc:
-            raise UpstreamConnectError(self.name, exc.strerror or str(exc)) from None
         assert isinstance(protocol, Connection)
         return protocol
 
@@ -437,4 +465,4 @@ def build_head(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
 
-__all__ = ["Connection", "Pool", "UpstreamResponse", "build_head"]
+__all__ = ["Connection", "Pool", "UpstreamResponse", "build_head", "translate_errors"]

@@ -1,7 +1,8 @@
-"""Whether a failed signal attempt is replayed against legacy: SPEC 5 as one pure function."""
+"""Whether a failed signal attempt is replayed against legacy: SPEC 5 as pure functions."""
 
 from __future__ import annotations
 
+from proxy.config.values import FallbackConfig
 from proxy.errors import FailureReason
 
 # Methods RFC 9110 calls idempotent (GET, HEAD, OPTIONS safe; PUT, DELETE idempotent):
@@ -24,3 +25,34 @@ def should_fall_back(
     if reason is FailureReason.CONNECT:
         return True
     return body_buffered and method in REPLAYABLE_METHODS
+
+
+def fallback_reason(
+    error: FailureReason | None,
+    status: int | None,
+    method: str,
+    *,
+    body_buffered: bool,
+    config: FallbackConfig,
+) -> FailureReason | None:
+    """Why a signal attempt that failed with `error` (or answered `status`) is tried again
+    on legacy, or None when its outcome stands (Caddy's `tryAgain`)."""
+    if error is not None:
+        reason = error
+    elif status in config.statuses:
+        reason = FailureReason.STATUS
+    else:
+        return None
+    if should_fall_back(reason, method, body_buffered=body_buffered, enabled=config.enabled):
+        return reason
+    return None
+
+
+def attempt_failure(error: FailureReason | None, status: int | None) -> FailureReason | None:
+    """What counts against an upstream (guard, windows, error metric): a failed attempt or
+    a 5xx answer, whether or not it is then replayed (fallbacks do not hide errors)."""
+    if error is not None:
+        return error
+    if status is not None and status >= 500:
+        return FailureReason.STATUS
+    return None

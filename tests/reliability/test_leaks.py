@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from proxy.runtime import UPSTREAM_KEEPALIVE_SECONDS
+from proxy.gateway.state import UPSTREAM_KEEPALIVE_SECONDS
 from tests.reliability.conftest import StartProxy
 from tests.reliability.fakes import (
     FakeLoop,

@@ -19,7 +19,7 @@ from typing import Any
 from proxy.config.diff import diff_configs
 from proxy.config.load import load_config
 from proxy.errors import ConfigError
-from proxy.runtime import Runtime
+from proxy.gateway.state import Runtime
 
 log = logging.getLogger("rollout.reload")
 

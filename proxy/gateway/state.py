@@ -1,4 +1,4 @@
-"""State that lives as long as the process: config store, pool, metrics, guard, windows.
+"""State that lives as long as the process: config store, pools, metrics, guard, windows.
 
 A reload swaps only `store.config`; everything here survives it.
 """
@@ -9,30 +9,37 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from aiohttp import web
 
 from proxy.config.values import Config, Upstream
-from proxy.forward import RequestBody, request_head, upstream_target
-from proxy.http.client import Pool, UpstreamResponse
-from proxy.http.server import Request
-from proxy.rollout.compare import Answer
+from proxy.errors import FailureReason
+from proxy.gateway.shadow import Shadow
+from proxy.http.client import Pool
 from proxy.rollout.guard import Guard
 from proxy.rollout.routing import Side
 from proxy.rollout.window import Window
-from proxy.shadow import SHADOW_HEADER, Mirror, Shadow
-from proxy.store import ConfigStore
 from proxy.telemetry.metrics import Metrics
-
-if TYPE_CHECKING:
-    from proxy.gateway import Capture
 
 log = logging.getLogger("rollout.guard")
 
 # Close idle upstream connections before a typical upstream's own keep-alive timeout
 # (nginx and aiohttp: 75 s), so a pooled connection is rarely found dead.
 UPSTREAM_KEEPALIVE_SECONDS = 15.0
+
+
+@dataclass(eq=False)
+class ConfigStore:
+    """The current configuration and its provenance; replaced in one assignment."""
+
+    path: Path
+    config: Config
+    generation: int = 1
+    last_reload_ok: bool = True
+    last_error: str | None = None
+    last_reload_at: float = field(default_factory=time.time)
+    last_changes: list[str] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -105,42 +112,17 @@ class Runtime:
             if keep is None or url not in keep:
                 self.pools.pop(url).close()
 
-    def mirror(
-        self,
-        request: Request,
-        config: Config,
-        feature: str,
-        body: RequestBody,
-        extra: dict[str, str] | None,
-        legacy_response: UpstreamResponse,
-        capture: Capture,
-    ) -> None:
-        """Start a shadow comparison of a legacy-served request against signal (SPEC 11)."""
-        marked = {**(extra or {}), SHADOW_HEADER: "1"}
-        upstreams = config.upstreams
-        content_type = next(
-            (v for k, v in legacy_response.headers if k.lower() == "content-type"), ""
-        )
-        mirror = Mirror(
-            method=request.method,
-            target=upstream_target(request),
-            feature=feature,
-            signal_head=request_head(request, upstreams.signal, body, marked)[0],
-            legacy_head=(
-                request_head(request, upstreams.legacy, body, marked)[0]
-                if config.shadow.learn_noise
-                else None
-            ),
-            body=body.data,
-            legacy=Answer(legacy_response.status, content_type, capture.body),
-        )
-        self.shadow.start(mirror, config, self.pool, self.metrics.shadow_result)
-
     def guard_tripped(self) -> bool:
         return self.guard.trip is not None
 
     def window(self, side: Side) -> Window:
         return self.guard.window if side is Side.SIGNAL else self.legacy_window
+
+    def observe(self, side: Side, failure: FailureReason | None, seconds: float) -> None:
+        """One attempt's outcome: the windows, the guard, the upstream error metric."""
+        self.record_attempt(side, ok=failure is None, seconds=seconds)
+        if failure is not None:
+            self.metrics.upstream_error(side, failure)
 
     def record_attempt(self, side: Side, *, ok: bool, seconds: float) -> None:
         """Feed the per-upstream windows; signal attempts also feed the guard."""

@@ -1,8 +1,10 @@
 """Shadow comparison (SPEC 11): mirror sampled legacy-served requests to signal, compare.
 
-A mirror starts only after the client's response from legacy is complete, runs as its
-own task, and is bounded: at most `shadow.max_in_flight` at once (more are dropped and
-counted, never queued), signal's timeouts apply, and a body is kept only up to
+It wraps the relay (`mirrored`), as Traefik's mirror wraps a handler: the request path
+never knows about it. For a sampled request the relay writes through a `Tee` that keeps
+what the client got; once the client's response from legacy is complete, the mirror
+runs as its own task, bounded: at most `shadow.max_in_flight` at once (more are dropped
+and counted, never queued), signal's timeouts apply, and a body is kept only up to
 `fallback.max_body_bytes`. Nothing here can delay, alter or fail a client's response.
 """
 
@@ -19,9 +21,12 @@ from typing import Any
 
 from proxy.config.values import Config, ShadowConfig, Upstream
 from proxy.errors import UpstreamError
-from proxy.forward import translate_errors
-from proxy.http.client import Pool
+from proxy.gateway.attempt import upstream_head
+from proxy.gateway.headers import upstream_target
+from proxy.gateway.relay import Exchange, Relay, Sink
+from proxy.http.client import Pool, translate_errors
 from proxy.rollout.compare import Answer, FieldDiff, Ignore, compare, json_paths_that_differ
+from proxy.rollout.routing import Side
 
 log = logging.getLogger("rollout.shadow")
 
@@ -167,6 +172,118 @@ class Shadow:
         if not noisy <= known:
             log.info("shadow: learned noisy fields on %s: %s", route, ", ".join(sorted(noisy)))
             known |= noisy
+
+
+def mirrored(relay: Relay, shadow: Shadow, pool_for: PoolFor, count: Count) -> Relay:
+    """`relay`, plus a shadow comparison of the requests it samples."""
+
+    async def relay_and_mirror(exchange: Exchange, sink: Sink) -> int:
+        config = exchange.config
+        if not (
+            config.shadow.enabled
+            and exchange.decision.side is Side.LEGACY
+            and exchange.body.buffered
+            and shadow.sampled(config.shadow, exchange.request.method)
+        ):
+            return await relay(exchange, sink)
+        tee = Tee(sink, config.fallback.max_body_bytes)
+        status = await relay(exchange, tee)
+        if tee.complete:
+            # The client has its whole answer; the comparison runs in a task of its own.
+            shadow.start(_mirror_of(exchange, tee), config, pool_for, count)
+        return status
+
+    return relay_and_mirror
+
+
+class Tee:
+    """A sink that passes everything on and keeps the body the client got, up to a limit."""
+
+    __slots__ = ("_chunks", "_sink", "_size", "complete", "limit", "overflow")
+
+    def __init__(self, sink: Sink, limit: int) -> None:
+        self._sink = sink
+        self.limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.overflow = False
+        self.complete = False  # the whole answer reached the client
+
+    @property
+    def started(self) -> bool:
+        return self._sink.started
+
+    @property
+    def body(self) -> bytes | None:
+        return None if self.overflow else b"".join(self._chunks)
+
+    def _keep(self, chunk: bytes) -> None:
+        if self.overflow:
+            return
+        self._size += len(chunk)
+        if self._size > self.limit:
+            self.overflow = True
+            self._chunks.clear()
+        else:
+            self._chunks.append(chunk)
+
+    def respond(
+        self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes = b""
+    ) -> None:
+        self._sink.respond(status, reason, headers, body)
+        self._keep(body)
+        self.complete = True
+
+    def respond_head(self, status: int, reason: str, head: bytes, body: bytes) -> None:
+        self._sink.respond_head(status, reason, head, body)
+        self._keep(body)
+        self.complete = True
+
+    def respond_json(
+        self, status: int, document: object, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        # The proxy's own error answer, not legacy's: nothing to compare.
+        self._sink.respond_json(status, document, headers)
+
+    def start(
+        self, status: int, reason: str, headers: list[tuple[str, str]], length: int | None
+    ) -> None:
+        self._sink.start(status, reason, headers, length)
+
+    async def write(self, data: bytes) -> None:
+        await self._sink.write(data)
+        self._keep(data)
+
+    def finish(self) -> None:
+        self._sink.finish()
+        self.complete = True
+
+    def abort(self) -> None:
+        self._sink.abort()
+
+
+def _mirror_of(exchange: Exchange, tee: Tee) -> Mirror:
+    """What the comparison needs of a request legacy has answered in full."""
+    request, config, body = exchange.request, exchange.config, exchange.body
+    marked = {SHADOW_HEADER: "1"}
+    if exchange.minted:
+        marked = {config.session.header: exchange.minted, **marked}
+    upstreams = config.upstreams
+    response = exchange.response
+    content_type = next((v for k, v in response.headers if k.lower() == "content-type"), "")
+    return Mirror(
+        method=request.method,
+        target=upstream_target(request),
+        feature=exchange.decision.feature,
+        signal_head=upstream_head(request, upstreams.signal, body, marked)[0],
+        legacy_head=(
+            upstream_head(request, upstreams.legacy, body, marked)[0]
+            if config.shadow.learn_noise
+            else None
+        ),
+        body=body.data,
+        legacy=Answer(response.status, content_type, tee.body),
+    )
 
 
 def _route(mirror: Mirror) -> str:

@@ -1,0 +1,147 @@
+"""The upstream's answer to the client, through a sink; and the proxy's own error answers.
+
+The relay writes only through a `Sink` (the client's `Request`, or a wrapper of it such
+as the shadow's tee), so what is done with the bytes on the way is not its business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple, Protocol
+
+from proxy.config.values import Config
+from proxy.errors import FailureReason, UpstreamError
+from proxy.gateway.attempt import RequestBody
+from proxy.gateway.headers import (
+    FALLBACK_HEADER,
+    UPSTREAM_HEADER,
+    added_headers,
+    client_response_headers,
+    forwardable_head,
+)
+from proxy.http.client import UpstreamResponse, translate_errors
+from proxy.http.server import Request
+from proxy.rollout.routing import Decision, Side
+
+log = logging.getLogger("rollout.gateway")
+
+# An upstream body of at most this size, declared by Content-Length, is read whole and
+# sent with the headers in one write; larger or unsized bodies are streamed.
+SMALL_BODY = 64 * 1024
+
+_ERROR_MESSAGES = {
+    FailureReason.CONNECT: "upstream unreachable",
+    FailureReason.TIMEOUT: "upstream timed out",
+    FailureReason.RESET: "upstream connection failed",
+}
+
+
+class Sink(Protocol):
+    """Where a response is written: `proxy.http.server.Request`'s response half."""
+
+    @property
+    def started(self) -> bool: ...
+
+    def respond(
+        self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes = b""
+    ) -> None: ...
+
+    def respond_head(self, status: int, reason: str, head: bytes, body: bytes) -> None: ...
+
+    def respond_json(
+        self, status: int, document: object, headers: list[tuple[str, str]] | None = None
+    ) -> None: ...
+
+    def start(
+        self, status: int, reason: str, headers: list[tuple[str, str]], length: int | None
+    ) -> None: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class Exchange(NamedTuple):
+    """One request that has an upstream answer to relay: what a relay (and whatever wraps
+    it) may need to know about it."""
+
+    request: Request
+    config: Config
+    decision: Decision
+    side: Side  # who answered: the decision's side, or legacy after a fallback
+    fallback: FailureReason | None
+    body: RequestBody
+    minted: str | None  # a session id the proxy made up for this request
+    response: UpstreamResponse
+    deadline: float
+
+
+# Writes the exchange's answer to the sink; returns the status the client was given.
+Relay = Callable[[Exchange, Sink], Awaitable[int]]
+
+
+async def relay_response(exchange: Exchange, sink: Sink) -> int:
+    """Send the upstream's answer; abort the connection on a mid-body failure."""
+    response = exchange.response
+    status, reason = response.status, response.reason
+    length = response.content_length
+    small = length is not None and length <= SMALL_BODY and exchange.request.method != "HEAD"
+    added = added_headers(
+        exchange.side, exchange.fallback, exchange.config.session.cookie, exchange.minted
+    )
+    body = response.body_if_complete() if small else None
+    if body is not None:
+        # The common case of an API answer: the whole body came with the headers. One
+        # write for head and body, and no timer to arm.
+        response.release()
+        head = forwardable_head(response.head) if len(body) == length else None
+        if head is not None:
+            # The upstream's header block goes out as bytes, framed by its Content-Length.
+            lines = "".join(f"{name}: {value}\r\n" for name, value in added)
+            sink.respond_head(status, reason, head + lines.encode(), body)
+        else:
+            sink.respond(status, reason, client_response_headers(response.headers) + added, body)
+        return status
+    headers = client_response_headers(response.headers) + added
+    try:
+        with translate_errors(exchange.side.value, timeout="body too slow"):
+            async with asyncio.timeout_at(exchange.deadline):
+                if small:
+                    body = await response.read()
+                    response.release()
+                    sink.respond(status, reason, headers, body)
+                    return status
+                sink.start(status, reason, headers, length)
+                async for chunk in response.iter_chunks():
+                    await sink.write(chunk)
+    except UpstreamError as err:
+        response.close()
+        if not sink.started:
+            respond_error(sink, err, exchange.fallback)
+            return err.status
+        # Headers are gone already: closing without the final chunk (or short of
+        # Content-Length) is how HTTP tells the client the body is incomplete.
+        log.warning("aborting the client response: %s mid-body", err)
+        sink.abort()
+        return status
+    except BaseException:
+        # The client went away (ClientGoneError: counted as 499 by the caller) or the
+        # task was cancelled: stop reading the upstream.
+        response.close()
+        raise
+    response.release()
+    sink.finish()
+    return status
+
+
+def respond_error(sink: Sink, err: UpstreamError, fallback: FailureReason | None = None) -> None:
+    """The proxy's own answer for a failed attempt (SPEC 4): JSON, 502 or 504."""
+    headers = [(UPSTREAM_HEADER, err.upstream)]
+    if fallback is not None:
+        headers.append((FALLBACK_HEADER, fallback.value))
+    message = _ERROR_MESSAGES.get(err.reason, "upstream failed")
+    sink.respond_json(err.status, {"error": message, "upstream": err.upstream}, headers)
