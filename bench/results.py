@@ -14,10 +14,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-CONFIGS = ("direct", "nginx", "minimal", "floor", "rollout", "rollout-aio")
+CONFIGS = ("direct", "nginx", "minimal", "floor", "rollout", "rollout-base", "rollout-aio")
 # The configurations under test, each compared with every reference that ran beside it.
 CANDIDATES = ("rollout", "rollout-aio")
 REFERENCES = ("nginx", "minimal", "floor")
+# Two rollout builds side by side (`--baseline-rev`): is the working tree a regression?
+BASELINE_PAIR = ("rollout", "rollout-base")
+ROLLOUT_TARGETS = ("rollout", "rollout-base", "rollout-aio")
 
 
 @dataclass
@@ -117,26 +120,83 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
 
 
 RATIO_KEYS = ("rps", "p50_us", "p99_us", "max_us", "cpu_us_per_req", "peak_rss_mib")
+# What `--baseline-rev` compares, per round: the build under test over the baseline.
+COMPARISON_KEYS = ("rps", "cpu_us_per_req", "p50_us", "p99_us", "added_p50_us")
+
+
+def _by_round(runs: list[Run]) -> list[dict[str, Run]]:
+    rounds: dict[int, dict[str, Run]] = {}
+    for run in runs:
+        rounds.setdefault(run.round, {})[run.config] = run
+    return [rounds[r] for r in sorted(rounds)]
+
+
+def _value(pair: dict[str, Run], name: str, key: str) -> float | None:
+    """A run's figure; `added_p50_us` is its p50 minus `direct`'s in the same round."""
+    if key != "added_p50_us":
+        value: float | None = getattr(pair[name], key)
+        return value
+    if "direct" not in pair:
+        return None
+    return pair[name].p50_us - pair["direct"].p50_us
+
+
+def per_round_ratios(runs: list[Run], name: str, base: str, key: str) -> list[float]:
+    """`name`/`base` within each round where both ran (and the base is not 0)."""
+    values = []
+    for pair in _by_round(runs):
+        if name in pair and base in pair:
+            a, b = _value(pair, name, key), _value(pair, base, key)
+            if a is not None and b:
+                values.append(a / b)
+    return values
 
 
 def paired_ratios(runs: list[Run], name: str, base: str) -> dict[str, float | None]:
     """Median over rounds of `name`/`base` within each round.
 
     Runs of one round are seconds apart, so a machine that speeds up or slows down between
-    rounds (a shared VM does) moves both sides of each ratio together.
+    rounds (a shared VM does) moves both sides of each ratio together. `rps_spread_pct` is
+    (max - min) / median of the per-round req/s ratios: how repeatable the ratio itself is.
     """
-    by_round: dict[int, dict[str, Run]] = {}
-    for run in runs:
-        by_round.setdefault(run.round, {})[run.config] = run
     out: dict[str, float | None] = {}
-    for key in RATIO_KEYS:
-        values = []
-        for pair in by_round.values():
-            if name in pair and base in pair:
-                a, b = getattr(pair[name], key), getattr(pair[base], key)
-                if a is not None and b:
-                    values.append(a / b)
+    for key in (*RATIO_KEYS, "added_p50_us"):
+        values = per_round_ratios(runs, name, base, key)
         out[key] = statistics.median(values) if values else None
+    rps = per_round_ratios(runs, name, base, "rps")
+    middle = statistics.median(rps) if rps else 0.0
+    out["rps_spread_pct"] = 100 * (max(rps) - min(rps)) / middle if middle else None
+    return out
+
+
+def _spread(values: list[float]) -> dict[str, Any] | None:
+    if not values:
+        return None
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "per_round": values,
+    }
+
+
+def comparison(runs: list[Run], name: str, base: str) -> dict[str, Any]:
+    """`name` against `base`, per round: each ratio's median, min, max and every round.
+
+    The min-max is the noise to read a median against; `p50_delta_us` (p50 difference in
+    µs) is the added p50's difference too, and needs no `direct` run.
+    """
+    out: dict[str, Any] = {
+        "rounds": sum(1 for pair in _by_round(runs) if name in pair and base in pair)
+    }
+    for key in COMPARISON_KEYS:
+        out[key] = _spread(per_round_ratios(runs, name, base, key))
+    deltas = [
+        float(pair[name].p50_us - pair[base].p50_us)
+        for pair in _by_round(runs)
+        if name in pair and base in pair
+    ]
+    out["p50_delta_us"] = _spread(deltas)
     return out
 
 
@@ -154,17 +214,28 @@ def summarise_levels(runs: list[Run], levels: Sequence[int]) -> list[dict[str, A
             continue
         ratios = {
             f"{name}/{base}": paired_ratios(level, name, base)
-            for name in CANDIDATES
-            for base in REFERENCES
+            for name, base in [BASELINE_PAIR]
+            + [(name, base) for name in CANDIDATES for base in REFERENCES]
             if name in summary and base in summary
         }
-        out.append({"connections": connections, "summary": summary, "ratios": ratios})
+        name, base = BASELINE_PAIR
+        compared = {}
+        if name in summary and base in summary:
+            compared[f"{name}/{base}"] = comparison(level, name, base)
+        out.append(
+            {
+                "connections": connections,
+                "summary": summary,
+                "ratios": ratios,
+                "comparison": compared,
+            }
+        )
     return out
 
 
 def progress_line(run: Run, rounds: int) -> str:
     return (
-        f"  c={run.connections:<4} round {run.round + 1}/{rounds} {run.config:<8}"
+        f"  c={run.connections:<4} round {run.round + 1}/{rounds} {run.config:<12}"
         f" {run.rps:>9,.0f} req/s  p50 {run.p50_us:>7,} µs  p99 {run.p99_us:>8,} µs"
         f"  CPU {_fmt(run.cpu_us_per_req, 1)} µs/req  errors {run.socket_errors}"
         f"  non-2xx {run.non_2xx_3xx}  disturbance {run.disturbance_pct:.0f}%"
@@ -228,11 +299,11 @@ def table(
             (
                 label,
                 _ratio(ratio["rps"]),
-                "",
+                _fmt(ratio.get("rps_spread_pct"), 1),
                 _ratio(ratio["p50_us"]),
                 _ratio(ratio["p99_us"]),
                 _ratio(ratio["max_us"]),
-                "",
+                _ratio(ratio.get("added_p50_us")),
                 _ratio(ratio["cpu_us_per_req"]),
                 "",
                 _ratio(ratio["peak_rss_mib"]),
@@ -269,18 +340,61 @@ def conditions(summary: dict[str, dict[str, Any]]) -> str:
     )
 
 
+_COMPARISON_LABELS = {
+    "rps": "req/s",
+    "cpu_us_per_req": "CPU/req",
+    "p50_us": "p50",
+    "p99_us": "p99",
+    "added_p50_us": "+p50",
+}
+
+
+def comparison_lines(label: str, compared: dict[str, Any]) -> list[str]:
+    """The per-round ratios of two builds: median and min-max, the noise to read it by."""
+    rounds = compared["rounds"]
+
+    def show(value: dict[str, Any], fmt: str, unit: str, sep: str = "-") -> str:
+        middle = format(value["median"], fmt) + unit
+        if rounds < 2:
+            return middle
+        return f"{middle} ({format(value['min'], fmt)}{sep}{format(value['max'], fmt)}{unit})"
+
+    parts = []
+    for key, name in _COMPARISON_LABELS.items():
+        value = compared.get(key)
+        if value is not None:
+            parts.append(f"{name} {show(value, '.3f', 'x')}")
+    delta = compared.get("p50_delta_us")
+    if delta is not None:
+        parts.append(f"p50 difference {show(delta, '+,.0f', ' µs', ' to ')}")
+    if rounds > 1:
+        head = f"  {label}, median of {rounds} per-round ratios (min-max):"
+    else:
+        head = f"  {label}, {rounds} round (no spread to judge noise by: use --rounds 3+):"
+    lines = [head, "    " + ", ".join(parts)]
+    if compared.get("added_p50_us") is None:
+        lines.append("    (+p50, p50 minus direct's, needs `direct` in the run)")
+    return lines
+
+
 def report(results: dict[str, Any]) -> str:
     out = []
     for level in results["levels"]:
         out.append(table(level["connections"], level["summary"], level["ratios"]))
         out.append(conditions(level["summary"]))
-        trips = level["summary"].get("rollout", {}).get("guard_trips")
-        if trips:
-            out.append(f"  rollout guard tripped during {trips} run(s) (reset after each)")
+        for label, compared in level.get("comparison", {}).items():
+            out += comparison_lines(label, compared)
+        for name in ROLLOUT_TARGETS:
+            trips = level["summary"].get(name, {}).get("guard_trips")
+            if trips:
+                out.append(f"  {name} guard tripped during {trips} run(s) (reset after each)")
         out.append("")
-    if results.get("rollout_counters"):
-        out.append("rollout /metrics after the benchmark (routing, and every series but code=200):")
-        out += [f"  {k} {v:g}" for k, v in results["rollout_counters"].items()]
+    for key, name in (("rollout_counters", "rollout"), ("rollout_base_counters", "rollout-base")):
+        if results.get(key):
+            out.append(
+                f"{name} /metrics after the benchmark (routing, and every series but code=200):"
+            )
+            out += [f"  {k} {v:g}" for k, v in results[key].items()]
     if results.get("log_problems"):
         out.append("warnings, errors and exceptions in server logs, whole benchmark:")
         for name, lines in results["log_problems"].items():

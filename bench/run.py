@@ -6,6 +6,7 @@ Starts, on 127.0.0.1 only:
   minimal   bench/minimal_proxy.py, the issue's baseline (aiohttp: mmh3 split, one ClientSession)
   floor     bench/floor_proxy.py, the latency floor of any asyncio proxy (callbacks only)
   rollout   `rollout serve` with config/rollout.yaml (ports replaced, percentage 10)
+  rollout-base  with `--baseline-rev REV`: `git archive REV proxy`, started like `rollout`
   rollout-aio the same with `--loop asyncio` (the standard loop instead of uvloop)
 and measures each with wrk (`direct` is wrk straight at the legacy upstream: the harness
 ceiling and the baseline for added latency). The proxy under test is pinned to core 0;
@@ -16,6 +17,7 @@ times, each with a warm-up before the measured run, at `--connections` and (unle
     .venv/bin/python bench/run.py                      # full run, about 13 minutes
     .venv/bin/python bench/run.py --quick --duration 5 --rounds 1
     .venv/bin/python bench/run.py --only rollout,minimal --json results.json
+    .venv/bin/python bench/run.py --only direct,rollout,rollout-base --baseline-rev main
 
 See bench/README.md for how to read the table.
 """
@@ -210,7 +212,7 @@ class Target:
 class Setup:
     targets: dict[str, Target]
     upstream: Service
-    rollout_admin: str | None
+    admins: dict[str, str]  # each rollout target's admin URL
     rollout_workers: str
     notes: list[str] = field(default_factory=list)
 
@@ -233,42 +235,53 @@ def rollout_config(tmp: Path, ports: dict[str, int], name: str, admin: str) -> P
 
 # -P: the checkout the bench runs from must not shadow the package on PYTHONPATH (with a
 # plain `-m`, the current directory comes first on sys.path, and it holds `proxy/`).
+# Every rollout build starts this way, the working tree too (not the venv's `rollout`
+# script, which imports the module pyproject named when the venv was installed): the entry
+# point is `proxy/__main__.py`, whatever the package's layout inside, and two builds
+# compared side by side start the same way.
 _PYTHON_M_PROXY = (sys.executable, "-P", "-m", "proxy")
+_ENTRY_POINT = Path("proxy", "__main__.py")
 
 
 @dataclass(frozen=True)
 class RolloutCommand:
-    """How to start `rollout`: the working tree's console script, or a git snapshot."""
+    """How to start one rollout build: the working tree, a directory or a git snapshot."""
 
     argv: tuple[str, ...]
-    env: dict[str, str] | None
+    env: dict[str, str]
     source: str
 
     @classmethod
-    def prepare(cls, tmp: Path, rev: str | None, src_dir: Path | None) -> RolloutCommand:
+    def prepare(cls, tmp: Path, name: str, rev: str | None, src_dir: Path | None) -> RolloutCommand:
+        """`name` is the target; a snapshot goes into a temp directory of its own."""
         if src_dir is not None:
-            if not (src_dir / "proxy" / "__main__.py").is_file():
-                raise BenchError(f"--rollout-src {src_dir}: no proxy/__main__.py there")
-            env = {**os.environ, "PYTHONPATH": str(src_dir.resolve())}
-            return cls(_PYTHON_M_PROXY, env, f"proxy package from {src_dir}")
+            if not (src_dir / _ENTRY_POINT).is_file():
+                raise BenchError(f"{name}: no {_ENTRY_POINT} in {src_dir}")
+            return cls.from_dir(src_dir.resolve(), f"proxy package from {src_dir}")
         if rev is None:
             dirty = _git("status", "--porcelain", "--", "proxy")
             state = " + uncommitted changes in proxy/" if dirty else ""
-            return cls((str(VENV_BIN / "rollout"),), None, f"working tree at {_git_head()}{state}")
+            return cls.from_dir(ROOT, f"working tree at {_git_head()}{state}")
         # The working tree may be mid-edit; `git archive` gives exactly the revision asked for.
         commit = _git("rev-parse", "--short", f"{rev}^{{commit}}")
-        src = tmp / "rollout-src"
-        src.mkdir()
+        src = Path(tempfile.mkdtemp(prefix=f"{name}-src-", dir=tmp))
         archive = subprocess.run(
             ["git", "-C", str(ROOT), "archive", "--format=tar", commit, "proxy"],
             capture_output=True,
-            check=True,
+            check=False,
             timeout=60,
-        ).stdout
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        )
+        if archive.returncode != 0:
+            raise BenchError(f"{name}: git archive {commit} proxy: {archive.stderr.decode()}")
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
             tar.extractall(src, filter="data")
-        env = {**os.environ, "PYTHONPATH": str(src)}
-        return cls(_PYTHON_M_PROXY, env, f"git archive of {commit} ({rev})")
+        if not (src / _ENTRY_POINT).is_file():
+            raise BenchError(f"{name}: {rev} ({commit}) has no {_ENTRY_POINT}")
+        return cls.from_dir(src, f"git archive of {commit} ({rev})")
+
+    @classmethod
+    def from_dir(cls, src: Path, source: str) -> RolloutCommand:
+        return cls(_PYTHON_M_PROXY, {**os.environ, "PYTHONPATH": str(src)}, source)
 
     def supports_workers(self) -> bool:
         help_text = subprocess.run(
@@ -296,10 +309,18 @@ def _git_head() -> str:
     return _git("rev-parse", "--short", "HEAD")
 
 
+# (target, its admin port's name, --loop): each rollout target, in start-up order.
+ROLLOUT_TARGETS: tuple[tuple[str, str, str | None], ...] = (
+    ("rollout", "admin", None),
+    ("rollout-base", "admin-base", None),
+    ("rollout-aio", "admin-aio", "asyncio"),
+)
+
+
 def start_all(procs: Processes, args: argparse.Namespace, wanted: Sequence[str]) -> Setup:
     tmp: Path = args.tmp
-    names: tuple[str, ...] = ("signal", "legacy", "nginx", "minimal", "floor", "rollout", "admin")
-    names += ("rollout-aio", "admin-aio")
+    names: tuple[str, ...] = ("signal", "legacy", "nginx", "minimal", "floor")
+    names += tuple(port for target in ROLLOUT_TARGETS for port in target[:2])
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     signal_url = f"http://127.0.0.1:{ports['signal']}"
     legacy_url = f"http://127.0.0.1:{ports['legacy']}"
@@ -356,17 +377,24 @@ def start_all(procs: Processes, args: argparse.Namespace, wanted: Sequence[str])
             service = procs.start(name, argv, tmp / f"{name}.log", args.cpus)
             targets[name] = Target(name, f"http://127.0.0.1:{ports[name]}", service)
 
-    rollout_admin = None
+    admins: dict[str, str] = {}
     rollout_workers = "1 (single process)"
     notes: list[str] = []
     # `rollout` on its default event loop (uvloop), `rollout-aio` with `--loop asyncio`:
-    # the same code, prepared once (a `--rollout-rev` snapshot is extracted once).
-    rollout_names = [name for name in ("rollout", "rollout-aio") if name in wanted]
-    if rollout_names:
-        rollout = RolloutCommand.prepare(tmp, args.rollout_rev, args.rollout_src)
-    for name, admin, loop in (("rollout", "admin", None), ("rollout-aio", "admin-aio", "asyncio")):
-        if name not in rollout_names:
+    # the same build, prepared once. `rollout-base` is another build (`--baseline-rev` or
+    # `--baseline-src`), started the same way as `rollout`; each snapshot has its own dir.
+    builds: dict[str, RolloutCommand] = {}
+    if "rollout" in wanted or "rollout-aio" in wanted:
+        build = RolloutCommand.prepare(tmp, "rollout", args.rollout_rev, args.rollout_src)
+        builds["rollout"] = builds["rollout-aio"] = build
+    if "rollout-base" in wanted:
+        builds["rollout-base"] = RolloutCommand.prepare(
+            tmp, "rollout-base", args.baseline_rev, args.baseline_src
+        )
+    for name, admin, loop in ROLLOUT_TARGETS:
+        if name not in wanted:
             continue
+        rollout = builds[name]
         config = rollout_config(tmp, ports, name, admin)
         notes.append(f"{name}: {rollout.source}")
         argv = [*rollout.argv, "serve", "-c", str(config), "--grace", "0"]
@@ -379,19 +407,19 @@ def start_all(procs: Processes, args: argparse.Namespace, wanted: Sequence[str])
                 notes.append(f"{name} serve --workers {args.workers}, all on CPUs {args.cpus}")
             else:
                 notes.append(
-                    f"--workers {args.workers} ignored: `rollout serve --help` has no --workers"
+                    f"{name}: --workers {args.workers} ignored: `serve --help` has no --workers"
                 )
         service = procs.start(name, argv, tmp / f"{name}.log", args.cpus, rollout.env)
         admin_url = f"http://127.0.0.1:{ports[admin]}"
         wait_until_up(service, admin_url + "/-/ready", timeout=30)
         targets[name] = Target(name, f"http://127.0.0.1:{ports[name]}", service)
-        rollout_admin = rollout_admin or admin_url
+        admins[name] = admin_url
 
     for target in targets.values():
         if target.service is not None:
             wait_until_up(target.service, target.url + "/")
         check_split(target)
-    return Setup(targets, upstream, rollout_admin, rollout_workers, notes)
+    return Setup(targets, upstream, admins, rollout_workers, notes)
 
 
 def check_split(target: Target, samples: int = 400) -> None:
@@ -473,8 +501,8 @@ def measure(
         peak_rss_mib=rss,
         calib_ms=calib,
     )
-    if name == "rollout" and setup.rollout_admin:
-        run.guard_tripped = rollout_guard_check(setup.rollout_admin)
+    if name in setup.admins:
+        run.guard_tripped = rollout_guard_check(setup.admins[name])
     return run
 
 
@@ -625,6 +653,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="benchmark the `proxy` package in DIR (e.g. a patched copy) with the venv",
     )
     parser.add_argument(
+        "--baseline-rev",
+        metavar="REV",
+        help="add `rollout-base`: `git archive REV proxy`, started like `rollout`, to compare",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        metavar="DIR",
+        help="add `rollout-base` from the `proxy` package in DIR instead of a revision",
+    )
+    parser.add_argument(
         "--json", metavar="PATH", help="write all results as JSON to PATH ('-': stdout, no table)"
     )
     parser.add_argument("--time-limit", type=float, help="hard limit in seconds (default: auto)")
@@ -651,12 +690,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--retry-budget", type=float, help="seconds all repeats may add (default: 25%% of the plan)"
     )
     args = parser.parse_args(argv)
-    wanted = [n for group in args.only or [",".join(CONFIGS)] for n in group.split(",") if n]
+    baseline = args.baseline_rev is not None or args.baseline_src is not None
+    default = [n for n in CONFIGS if baseline or n != "rollout-base"]
+    wanted = [n for group in args.only or [",".join(default)] for n in group.split(",") if n]
     unknown = sorted(set(wanted) - set(CONFIGS))
     if unknown:
         parser.error(f"--only: unknown {', '.join(unknown)} (choose from {', '.join(CONFIGS)})")
     if args.rollout_rev and args.rollout_src:
         parser.error("--rollout-rev and --rollout-src exclude each other")
+    if args.baseline_rev and args.baseline_src:
+        parser.error("--baseline-rev and --baseline-src exclude each other")
+    if "rollout-base" in wanted and not baseline:
+        parser.error("rollout-base needs --baseline-rev REV or --baseline-src DIR")
+    if baseline and "rollout-base" not in wanted:
+        parser.error("--baseline-rev/--baseline-src: add rollout-base to --only")
     args.configs = [n for n in CONFIGS if n in wanted]
     levels = [args.connections] if args.quick else [args.connections, 1, TAIL_CONNECTIONS]
     args.levels = list(dict.fromkeys(levels))
@@ -756,8 +803,12 @@ def benchmark(procs: Processes, args: argparse.Namespace, results: dict[str, Any
         results["notes"].append(
             f"waited {measurer.waited:.0f} s in all for other loads on the cores to stop"
         )
-    if setup.rollout_admin:
-        results["rollout_counters"] = rollout_counters(setup.rollout_admin)
+    # rollout's counters (or rollout-aio's, sharing its build), and the baseline's apart.
+    first = next((name for name in ("rollout", "rollout-aio") if name in setup.admins), None)
+    if first is not None:
+        results["rollout_counters"] = rollout_counters(setup.admins[first])
+    if "rollout-base" in setup.admins:
+        results["rollout_base_counters"] = rollout_counters(setup.admins["rollout-base"])
     for target in setup.targets.values():
         if target.service and target.service.proc.poll() is not None:
             code = target.service.proc.returncode
