@@ -1,0 +1,466 @@
+"""The pooled upstream client at the wire: request bytes asserted, response bytes fed.
+
+Each `Connection` gets a `MockTransport` instead of a socket; `Pool._connect` is
+replaced where a fresh connection is needed, so no test opens a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from proxy.errors import UpstreamResetError, UpstreamTimeoutError
+from proxy.http import client as upstream
+from tests.support_wire import MockTransport, connect, settle
+
+GET_HEAD = b"GET /a HTTP/1.1\r\nHost: up\r\n\r\n"
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[upstream.Pool]:
+    p = upstream.Pool("legacy", "127.0.0.1", 9, tls=False, keepalive_timeout=30.0)
+    yield p
+    p.close()
+
+
+def connected(pool: upstream.Pool) -> tuple[upstream.Connection, MockTransport]:
+    conn = upstream.Connection(pool)
+    return conn, connect(conn)
+
+
+def deadline(seconds: float = 5.0) -> float:
+    return asyncio.get_running_loop().time() + seconds
+
+
+async def exchange_task(
+    conn: upstream.Connection,
+    method: str = "GET",
+    head: bytes = GET_HEAD,
+    body: bytes | AsyncIterator[bytes] | None = None,
+    *,
+    chunked: bool = False,
+) -> asyncio.Task[upstream.UpstreamResponse]:
+    task = asyncio.create_task(conn.exchange(method, head, body, chunked, deadline()))
+    await settle()
+    return task
+
+
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+# --- the request ----------------------------------------------------------------------
+
+
+def test_build_head_is_exact() -> None:
+    head = upstream.build_head(
+        "POST", "/p?q=%2F&x", [("Host", "up:8080"), ("X-A", "caf\udce9")], "Content-Length: 5"
+    )
+    assert head == (
+        b"POST /p?q=%2F&x HTTP/1.1\r\nHost: up:8080\r\nX-A: caf\xe9\r\nContent-Length: 5\r\n\r\n"
+    )
+
+
+async def test_request_head_and_body_written_then_response_parsed(pool: upstream.Pool) -> None:
+    conn, transport = connected(pool)
+    head = upstream.build_head("POST", "/p", [("Host", "up")], "Content-Length: 5")
+    task = await exchange_task(conn, "POST", head, b"hello")
+    assert transport.written == head + b"hello"
+    assert transport.writes == [head + b"hello"]  # one write for head and body
+    assert not task.done()
+
+    conn.data_received(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-B:  v \r\n\r\nok")
+    response = await task
+    assert (response.status, response.reason) == (201, "Created")
+    assert response.head == b"Content-Length: 2\r\nX-B:  v \r\n"
+    assert response.headers == [("Content-Length", "2"), ("X-B", "v")]
+    assert response.content_length == 2
+    assert response.body_if_complete() == b"ok"
+
+
+@pytest.mark.parametrize(
+    ("chunked", "framing", "sent"),
+    [
+        (True, "Transfer-Encoding: chunked", b"2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"),
+        (False, "Content-Length: 5", b"abcde"),
+    ],
+    ids=["chunked", "content-length"],
+)
+async def test_streamed_upload_framing(
+    pool: upstream.Pool, chunked: bool, framing: str, sent: bytes
+) -> None:
+    conn, transport = connected(pool)
+    head = upstream.build_head("POST", "/up", [], framing)
+    task = await exchange_task(conn, "POST", head, chunks(b"ab", b"", b"cde"), chunked=chunked)
+
+    assert transport.written == head + sent  # an empty part is no chunk: it would end it
+    conn.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")
+    response = await task
+    assert response.status == 204
+    assert await response.read() == b""
+
+
+# --- response bodies ------------------------------------------------------------------
+
+
+async def test_content_length_body_in_pieces(pool: upstream.Pool) -> None:
+    conn, _ = connected(pool)
+    task = await exchange_task(conn)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Le")
+    conn.data_received(b"ngth: 6\r\n\r\nabc")
+    response = await task
+    assert response.content_length == 6
+    assert response.body_if_complete() is None  # not all of it yet
+
+    got: list[bytes] = []
+
+    async def consume() -> None:
+        got.extend([chunk async for chunk in response.iter_chunks()])
+
+    reader = asyncio.create_task(consume())
+    await settle()
+    conn.data_received(b"def")
+    await reader
+    assert b"".join(got) == b"abcdef"
+
+
+async def test_chunked_response_body(pool: upstream.Pool) -> None:
+    conn, _ = connected(pool)
+    task = await exchange_task(conn)
+    conn.data_received(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
+    )
+    response = await task
+    assert response.content_length is None
+    assert await response.read() == b"abcde"
+    response.release()
+    assert pool._take_idle() is conn
+
+
+async def test_close_delimited_body_ends_at_eof(pool: upstream.Pool) -> None:
+    conn, transport = connected(pool)
+    task = await exchange_task(conn)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\npart1")
+    response = await task
+    reader = asyncio.create_task(response.read())
+    await settle()
+    conn.data_received(b"part2")
+    conn.eof_received()
+
+    assert await reader == b"part1part2"
+    response.release()
+    assert pool._take_idle() is None
+    assert transport.aborted
+
+
+async def test_head_response_with_content_length_completes_without_body(
+    pool: upstream.Pool,
+) -> None:
+    conn, transport = connected(pool)
+    head = b"HEAD /a HTTP/1.1\r\nHost: up\r\n\r\n"
+    task = await exchange_task(conn, "HEAD", head)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    response = await task
+
+    assert response.content_length == 1000
+    assert response.body_if_complete() == b""
+    assert await response.read() == b""
+    response.release()
+    assert transport.aborted  # never reused: llhttp cannot be told it answered HEAD
+    assert pool._take_idle() is None
+
+
+async def test_large_response_body_pauses_reading_until_consumed(pool: upstream.Pool) -> None:
+    conn, transport = connected(pool)
+    size = upstream.READ_HIGH_WATER + 10
+    task = await exchange_task(conn)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (size + 1))
+    response = await task
+    conn.data_received(b"x" * size)
+    assert transport.reading_paused
+
+    reader = asyncio.create_task(response.read())
+    await settle(lambda: not transport.reading_paused)
+    conn.data_received(b"y")
+    assert await reader == b"x" * size + b"y"
+
+
+# --- the pool -------------------------------------------------------------------------
+
+
+async def test_keep_alive_connection_returned_to_the_pool(pool: upstream.Pool) -> None:
+    conn, transport = connected(pool)
+    task = await exchange_task(conn)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    response = await task
+    assert await response.read() == b"ok"
+    response.release()
+
+    assert not transport.closed
+    assert pool._take_idle() is conn
+    assert pool._take_idle() is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ],
+    ids=["connection-close", "http-1.0"],
+)
+async def test_non_keep_alive_response_not_pooled(pool: upstream.Pool, raw: bytes) -> None:
+    conn, transport = connected(pool)
+    task = await exchange_task(conn)
+    conn.data_received(raw)
+    response = await task
+    assert await response.read() == b"ok"
+    response.release()
+
+    assert transport.aborted
+    assert pool._take_idle() is None
+
+
+async def test_body_left_unread_is_not_pooled(pool: upstream.Pool) -> None:
+    conn, transport = connected(pool)
+    task = await exchange_task(conn)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+    response = await task
+    response.release()
+
+    assert transport.aborted
+    assert pool._take_idle() is None
+
+
+async def test_bytes_on_an_idle_connection_drop_it(pool: upstream.Pool) -> None:
+    conn, transport = connected(pool)
+    task = await exchange_task(conn)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    (await task).release()
+    conn.data_received(b"HTTP/1.1 200 OK\r\n\r\n")  # nobody asked
+
+    assert transport.aborted
+    assert pool._take_idle() is None
+
+
+async def test_expired_idle_connection_is_not_reused(pool: upstream.Pool) -> None:
+    conn, transport = connected(pool)
+    pool.give_back(conn)
+    conn.idle_since = time.monotonic() - pool.keepalive_timeout - 1
+
+    assert pool._take_idle() is None
+    assert transport.aborted
+
+
+# --- failures -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "lost", "detail"),
+    [
+        (
+            b"Content-Length: 10\r\n\r\nabcd",
+            ConnectionResetError("by peer"),
+            r"body cut \(by peer\)",
+        ),
+        (b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n", None, "body cut"),
+    ],
+    ids=["content-length-reset", "chunked-eof"],
+)
+async def test_response_cut_mid_body_is_a_reset(
+    pool: upstream.Pool, raw: bytes, lost: Exception | None, detail: str
+) -> None:
+    conn, _ = connected(pool)
+    task = await exchange_task(conn)
+    conn.data_received(b"HTTP/1.1 200 OK\r\n" + raw)
+    response = await task
+    if lost is None:
+        conn.eof_received()
+    conn.connection_lost(lost)
+
+    with pytest.raises(UpstreamResetError, match=detail):
+        await response.read()
+    assert response.body_if_complete() is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "detail"),
+    [
+        (b"NOT HTTP\r\n\r\n", "invalid response"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "invalid response"),
+        # Checked per read: over the limit once what came before already is.
+        (b"HTTP/1.1 200 OK\r\nX: " + b"v" * 64 * 1024, "head too large"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: v\r\n" * 1001, "headers too large"),
+    ],
+    ids=["not-http", "bad-length", "head-too-large", "too-many-headers"],
+)
+async def test_invalid_response_is_a_reset(pool: upstream.Pool, raw: bytes, detail: str) -> None:
+    conn, transport = connected(pool)
+    task = await exchange_task(conn)
+    conn.data_received(raw)
+    conn.data_received(b"\r\n")
+
+    with pytest.raises(UpstreamResetError, match=detail):
+        await task
+    assert transport.aborted
+    assert conn.closed
+
+
+async def test_eof_before_the_response_is_a_reset(pool: upstream.Pool) -> None:
+    conn, _ = connected(pool)
+    task = await exchange_task(conn)
+    conn.eof_received()
+
+    with pytest.raises(UpstreamResetError, match="connection closed before the response"):
+        await task
+
+
+async def test_no_headers_by_the_deadline_is_a_timeout(pool: upstream.Pool) -> None:
+    conn, transport = connected(pool)
+    loop = asyncio.get_running_loop()
+    with pytest.raises(UpstreamTimeoutError, match="no response in time"):
+        await conn.exchange("GET", GET_HEAD, None, False, loop.time() - 1)
+    assert transport.written == GET_HEAD
+    assert transport.aborted
+
+
+async def test_headers_in_time_cancel_the_timeout(pool: upstream.Pool) -> None:
+    conn, _ = connected(pool)
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(conn.exchange("GET", GET_HEAD, None, False, loop.time() + 0.01))
+    await settle()
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n")
+    response = await task
+    conn.data_received(b"x")
+    assert await response.read() == b"x"
+
+
+# --- the stale pooled connection ------------------------------------------------------
+
+
+class FreshConnections:
+    """Stands in for `Pool._connect`: each call a new mock-backed `Connection`."""
+
+    def __init__(self, pool: upstream.Pool) -> None:
+        self.pool = pool
+        self.made: list[tuple[upstream.Connection, MockTransport]] = []
+
+    async def __call__(self, timeout: float) -> upstream.Connection:
+        conn, transport = connected(self.pool)
+        self.made.append((conn, transport))
+        return conn
+
+
+def stale_pooled(pool: upstream.Pool) -> tuple[upstream.Connection, MockTransport]:
+    """A connection that served a request and was pooled."""
+    conn, transport = connected(pool)
+    conn.used = True
+    pool.give_back(conn)
+    return conn, transport
+
+
+@pytest.fixture
+def fresh(pool: upstream.Pool, monkeypatch: pytest.MonkeyPatch) -> FreshConnections:
+    factory = FreshConnections(pool)
+    monkeypatch.setattr(pool, "_connect", factory)
+    return factory
+
+
+def pool_request(
+    pool: upstream.Pool, method: str, head: bytes, body: bytes | AsyncIterator[bytes] | None
+) -> asyncio.Task[upstream.UpstreamResponse]:
+    return asyncio.create_task(
+        pool.request(method, head, body, chunked=False, connect_timeout=1.0, deadline=deadline())
+    )
+
+
+async def test_stale_pooled_connection_retried_once_for_get(
+    pool: upstream.Pool, fresh: FreshConnections
+) -> None:
+    stale, stale_transport = stale_pooled(pool)
+    task = pool_request(pool, "GET", GET_HEAD, None)
+    await settle(lambda: bool(stale_transport.buffer))
+    assert fresh.made == []
+    stale.eof_received()  # the upstream had closed it: not one byte back
+
+    await settle(lambda: bool(fresh.made) and bool(fresh.made[0][1].buffer))
+    conn, transport = fresh.made[0]
+    assert stale_transport.aborted
+    assert transport.written == GET_HEAD  # the same request, replayed
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    response = await task
+    assert await response.read() == b"ok"
+    assert len(fresh.made) == 1
+
+
+async def test_retried_request_failing_again_is_not_retried_twice(
+    pool: upstream.Pool, fresh: FreshConnections
+) -> None:
+    stale, stale_transport = stale_pooled(pool)
+    task = pool_request(pool, "GET", GET_HEAD, None)
+    await settle(lambda: bool(stale_transport.buffer))
+    stale.eof_received()
+    await settle(lambda: bool(fresh.made) and bool(fresh.made[0][1].buffer))
+    fresh.made[0][0].eof_received()
+
+    with pytest.raises(UpstreamResetError, match="connection closed before the response"):
+        await task
+    assert len(fresh.made) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "answered"),
+    [
+        ("POST", b"x", False),
+        ("PUT", None, True),  # idempotent, but part of an answer came back
+        ("PUT", "stream", False),  # idempotent, but the body was a stream: not held
+    ],
+    ids=["post", "get-after-bytes", "streamed-body"],
+)
+async def test_stale_pooled_connection_not_retried_when_unsafe(
+    pool: upstream.Pool, fresh: FreshConnections, method: str, body: object, answered: bool
+) -> None:
+    stale, stale_transport = stale_pooled(pool)
+    payload: bytes | AsyncIterator[bytes] | None = (
+        chunks(b"x") if body == "stream" else body if isinstance(body, bytes) else None
+    )
+    task = pool_request(pool, method, b"%b / HTTP/1.1\r\n\r\n" % method.encode(), payload)
+    await settle(lambda: bool(stale_transport.buffer))
+    if answered:
+        stale.data_received(b"HTTP/1.1 200 OK\r\nContent-")
+    stale.eof_received()
+
+    with pytest.raises(UpstreamResetError):
+        await task
+    assert stale_transport.aborted
+    assert fresh.made == []
+
+
+class ClosedOnWrite(MockTransport):
+    """A connection the upstream has closed: the first write meets the end of stream."""
+
+    def __init__(self, conn: upstream.Connection) -> None:
+        super().__init__()
+        self.conn = conn
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        super().write(data)
+        self.conn.eof_received()
+
+
+async def test_no_retry_once_the_deadline_has_passed(
+    pool: upstream.Pool, fresh: FreshConnections
+) -> None:
+    stale = upstream.Connection(pool)
+    stale_transport = connect(stale, ClosedOnWrite(stale))
+    pool.give_back(stale)
+    past = asyncio.get_running_loop().time() - 1
+
+    with pytest.raises(UpstreamTimeoutError, match="no response in time"):
+        await pool.request("GET", GET_HEAD, None, chunked=False, connect_timeout=1.0, deadline=past)
+    assert stale_transport.aborted
+    assert fresh.made == []
