@@ -18,8 +18,10 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from proxy import __version__
 from proxy.config.values import Config
 from proxy.gateway.reload import reload_now
+from proxy.gateway.shadow import Diff
 from proxy.gateway.state import RUNTIME, Runtime
 from proxy.rollout.routing import Side
+from proxy.status import DiffsDocument, ShadowDiff, StatusDocument
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -72,7 +74,7 @@ async def ready(request: web.Request) -> web.Response:
     return _json({"ready": True})
 
 
-def status_document(runtime: Runtime) -> dict[str, Any]:
+def status_document(runtime: Runtime) -> StatusDocument:
     """Everything `rollout status` and `rollout report` need, in one JSON document."""
     store = runtime.store
     config = store.config
@@ -104,7 +106,7 @@ def status_document(runtime: Runtime) -> dict[str, Any]:
         },
         "upstreams": {
             side.value: {
-                "url": getattr(config.upstreams, side.value).url,
+                "url": config.upstreams.of(side).url,
                 **runtime.window(side).stats().as_dict(),
             }
             for side in Side
@@ -148,4 +150,17 @@ async def guard_reset(request: web.Request) -> web.Response:
 async def diffs(request: web.Request) -> web.Response:
     """The most recent shadow mismatches, newest first (SPEC 11)."""
     shadow = request.app[RUNTIME].shadow
-    return _json({"diffs": [d.as_dict() for d in shadow.diffs]})
+    document: DiffsDocument = {"diffs": [_diff_document(d) for d in shadow.diffs]}
+    return _json(document)
+
+
+def _diff_document(diff: Diff) -> ShadowDiff:
+    return {
+        "time": diff.at,
+        "method": diff.method,
+        "path": diff.path,
+        "feature": diff.feature,
+        "legacy_status": diff.legacy_status,
+        "signal_status": diff.signal_status,
+        "fields": [f.as_dict() for f in diff.fields],
+    }

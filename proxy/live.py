@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import cast
 
 from proxy.config.values import Config
+from proxy.status import DiffsDocument, StatusDocument
 
 
 class LiveError(Exception):
@@ -31,18 +32,31 @@ def fetch(url: str, token: str | None, *, timeout: float = 3.0) -> str:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             return str(response.read().decode("utf-8"))
     except urllib.error.HTTPError as exc:
-        raise LiveError(f"{url}: HTTP {exc.code}") from None
+        raise LiveError(f"{url}: HTTP {exc.code}") from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise LiveError(f"{url}: {reason}") from None
+        raise LiveError(f"{url}: {reason}") from exc
 
 
-def fetch_status(base: str, token: str | None) -> dict[str, Any]:
-    """`GET /-/status` as a dict; `LiveError` when the proxy is unreachable."""
+def fetch_status(base: str, token: str | None) -> StatusDocument:
+    """`GET /-/status`; `LiveError` when the proxy is unreachable."""
+    return cast(StatusDocument, _fetch_json(base + "/-/status", token, "version"))
+
+
+def fetch_diffs(base: str, token: str | None) -> DiffsDocument:
+    """`GET /-/diffs`: the kept shadow mismatches, newest first."""
+    return cast(DiffsDocument, _fetch_json(base + "/-/diffs", token, "diffs"))
+
+
+def _fetch_json(url: str, token: str | None, key: str) -> object:
+    """A document of ours: JSON, and an object with `key` (anything else on that port is
+    not a rollout-proxy admin listener)."""
     try:
-        data: dict[str, Any] = json.loads(fetch(base + "/-/status", token))
+        data = json.loads(fetch(url, token))
     except json.JSONDecodeError as exc:
-        raise LiveError(f"{base}/-/status: not JSON ({exc})") from None
+        raise LiveError(f"{url}: not JSON ({exc})") from exc
+    if not isinstance(data, dict) or key not in data:
+        raise LiveError(f"{url}: not a rollout-proxy admin document")
     return data
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from proxy.console import Console
 from proxy.edit import EditError, set_value, write_atomically
 from proxy.errors import ConfigError
 from proxy.history import record
-from proxy.live import LiveError, admin_url, fetch, fetch_metrics, fetch_status
+from proxy.live import LiveError, admin_url, fetch_diffs, fetch_metrics, fetch_status
 from proxy.report import (
     SIDES,
     SideFigures,
@@ -29,8 +30,10 @@ from proxy.report import (
     shadow_from_prometheus,
 )
 from proxy.rollout.stages import (
+    Criterion,
     Figures,
     Recommendation,
+    Verdict,
     describe_stage,
     judge,
     next_stage,
@@ -38,6 +41,7 @@ from proxy.rollout.stages import (
     promotion_blockers,
 )
 from proxy.smoke import proxy_url, run_smoke
+from proxy.status import StatusDocument, WindowFigures
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -46,14 +50,14 @@ def _path(args: argparse.Namespace) -> Path:
     return resolve_config_path(getattr(args, "config", None))
 
 
-def _live(config: Config, args: argparse.Namespace) -> dict[str, Any] | None:
+def _live(config: Config, args: argparse.Namespace) -> StatusDocument | None:
     try:
         return fetch_status(admin_url(config, getattr(args, "admin", None)), config.admin.token)
     except LiveError:
         return None
 
 
-def _live_or_reason(config: Config, args: argparse.Namespace) -> tuple[dict[str, Any] | None, str]:
+def _live_or_reason(config: Config, args: argparse.Namespace) -> tuple[StatusDocument | None, str]:
     url = admin_url(config, getattr(args, "admin", None))
     try:
         return fetch_status(url, config.admin.token), url
@@ -61,12 +65,12 @@ def _live_or_reason(config: Config, args: argparse.Namespace) -> tuple[dict[str,
         return None, str(exc)
 
 
-def _signal_figures(live: dict[str, Any]) -> Figures:
+def _signal_figures(live: StatusDocument) -> Figures:
     w = live["upstreams"]["signal"]
-    return Figures(int(w["requests"]), float(w["error_rate"]), w["p95_ms"])
+    return Figures(w["requests"], w["error_rate"], w["p95_ms"])
 
 
-def _live_summary(live: dict[str, Any] | None) -> dict[str, Any] | None:
+def _live_summary(live: StatusDocument | None) -> dict[str, Any] | None:
     """What the history keeps of the live state: the evidence behind a move."""
     if live is None:
         return None
@@ -134,7 +138,7 @@ def _fmt_ms(value: float | None) -> str:
 
 
 def _figures_table(
-    con: Console, windows: dict[str, dict[str, Any]], fallbacks: dict[str, int] | None
+    con: Console, windows: Mapping[str, WindowFigures], fallbacks: dict[str, int] | None
 ) -> None:
     header = ["upstream", "requests", "errors", "error rate", "p50 ms", "p95 ms", "p99 ms"]
     if fallbacks is not None:
@@ -168,7 +172,7 @@ def _apply_edit(
     *,
     config: Config,
     forced: bool = False,
-    live: dict[str, Any] | None = None,
+    live: StatusDocument | None = None,
     live_checked: bool = False,
 ) -> int:
     """Validate, write atomically, record history. Any refusal leaves the file untouched."""
@@ -287,7 +291,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
             configured=r.percentage,
             served=live["percentages"]["default"],
             emergency=r.emergency,
-            guard_trip=str(guard["reason"]) if guard["tripped"] else None,
+            guard_trip=guard["reason"] or "tripped" if guard["tripped"] else None,
         )
         if blocked and not args.force:
             con.error(f"not promoting {r.percentage:g} % -> {target:g} %:")
@@ -429,12 +433,12 @@ def _print_shadow(con: Console, shadow: dict[str, dict[str, int]]) -> None:
         con.line(f"  {feature}: {rate * 100:.1f} % match over {total} compared requests")
 
 
-def _criterion(c: Any) -> dict[str, str]:
+def _criterion(c: Criterion) -> dict[str, str]:
     return {"criterion": c.name, "target": c.target, "actual": c.actual, "status": c.status.value}
 
 
 def _print_report(
-    con: Console, config: Config, source: str, figures: dict[str, SideFigures], verdict: Any
+    con: Console, config: Config, source: str, figures: dict[str, SideFigures], verdict: Verdict
 ) -> None:
     r = config.rollout
     con.heading(f"Signal vs legacy ({source})")
@@ -478,9 +482,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
     config = load_config(_path(args))
     url = admin_url(config, args.admin)
     try:
-        diffs = json.loads(fetch(url + "/-/diffs", config.admin.token))["diffs"]
+        diffs = fetch_diffs(url, config.admin.token)["diffs"]
         counts = shadow_counts(fetch_metrics(url, config.admin.token))
-    except (LiveError, json.JSONDecodeError, KeyError) as exc:
+    except LiveError as exc:
         Console().error(f"no shadow results: {exc}")
         return EXIT_USAGE
     rates = {feature: match_rate(c) for feature, c in counts.items()}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.live import LiveError, fetch, fetch_metrics, fetch_status
+from proxy.status import StatusDocument, WindowFigures
 
 SIDES = ("signal", "legacy")
 
@@ -28,7 +29,7 @@ class SideFigures:
     p99_ms: float | None
     fallbacks: int
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> SideFiguresDocument:
         return {
             "requests": self.requests,
             "errors": self.errors,
@@ -40,12 +41,16 @@ class SideFigures:
         }
 
 
+class SideFiguresDocument(WindowFigures):
+    fallbacks: int
+
+
 Shadow = dict[str, dict[str, int]]  # feature -> result -> count
 
 
 def from_admin(
     base: str, token: str | None
-) -> tuple[dict[str, SideFigures], dict[str, Any], Shadow]:
+) -> tuple[dict[str, SideFigures], StatusDocument, Shadow]:
     """Per-side figures from `/-/status` (window) and `/metrics` (fallbacks and shadow
     comparisons since start)."""
     status = fetch_status(base, token)
@@ -55,9 +60,9 @@ def from_admin(
     for side in SIDES:
         w = status["upstreams"][side]
         figures[side] = SideFigures(
-            requests=int(w["requests"]),
-            errors=int(w["errors"]),
-            error_rate=float(w["error_rate"]),
+            requests=w["requests"],
+            errors=w["errors"],
+            error_rate=w["error_rate"],
             p50_ms=w["p50_ms"],
             p95_ms=w["p95_ms"],
             p99_ms=w["p99_ms"],

@@ -17,7 +17,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from proxy.config.values import Config, ShadowConfig, Upstream
 from proxy.errors import UpstreamError
@@ -72,17 +71,6 @@ class Diff:
     legacy_status: int
     signal_status: int | None
     fields: list[FieldDiff]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "time": self.at,
-            "method": self.method,
-            "path": self.path,
-            "feature": self.feature,
-            "legacy_status": self.legacy_status,
-            "signal_status": self.signal_status,
-            "fields": [f.as_dict() for f in self.fields],
-        }
 
 
 @dataclass(eq=False)

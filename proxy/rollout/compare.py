@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 MAX_SHOWN = 200  # characters of a value kept in a diff
 MAX_FIELDS = 50  # differing fields kept per diff
@@ -30,13 +30,19 @@ class Answer:
     body: bytes | None  # None: too large to compare
 
 
+class FieldDifference(TypedDict):
+    path: str
+    legacy: str
+    signal: str
+
+
 @dataclass(frozen=True, slots=True)
 class FieldDiff:
     path: str
     legacy: str
     signal: str
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> FieldDifference:
         return {"path": self.path, "legacy": self.legacy, "signal": self.signal}
 
 

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 Clock = Callable[[], float]
 
@@ -32,6 +33,17 @@ _EDGES: list[float] = sorted(
 EDGES_MS: tuple[float, ...] = tuple(_EDGES)
 
 
+class WindowFigures(TypedDict):
+    """`WindowStats` as plain data, rounded for display (the /-/status document)."""
+
+    requests: int
+    errors: int
+    error_rate: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+
 @dataclass(frozen=True, slots=True)
 class WindowStats:
     requests: int
@@ -41,7 +53,7 @@ class WindowStats:
     p95_ms: float | None
     p99_ms: float | None
 
-    def as_dict(self) -> dict[str, float | int | None]:
+    def as_dict(self) -> WindowFigures:
         return {
             "requests": self.requests,
             "errors": self.errors,
