@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.config.load import parse_config
-from proxy.edit import EditError, set_value, verify_edit, write_atomically
+from proxy.control.edit import EditError, set_value, verify_edit, write_atomically
 
 EXAMPLE_PATH = Path(__file__).resolve().parent.parent / "config" / "rollout.yaml"
 EXAMPLE = EXAMPLE_PATH.read_text(encoding="utf-8")

@@ -26,8 +26,8 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.control.figures import promql_queries
 from proxy.demo_apis import legacy_app, signal_app
-from proxy.report import promql_queries
 from tests.conftest import UpstreamFactory, server_url
 from tests.prometheus_support import PrometheusServer
 from tests.support import HOST, ProxyProcess, config_dict

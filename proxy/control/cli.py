@@ -5,27 +5,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from proxy import __version__
-from proxy.config.diff import as_mapping
 from proxy.config.load import load_config, resolve_config_path
-from proxy.config.values import Config
+from proxy.control import moves, views
+from proxy.control.console import EXIT_FAILED, EXIT_USAGE
 from proxy.errors import ConfigError
-from proxy.rollout.routing import choose_upstream, threshold
 from proxy.telemetry.logs import setup_logging
 
 # Event loop implementations `rollout serve --loop` offers (see bench/RESULTS.md).
 LOOPS = ("asyncio", "uvloop")
 DEFAULT_LOOP = "uvloop"
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -37,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _setup_logging(args)
+    args.config_path = resolve_config_path(getattr(args, "config", None))
     try:
         return int(args.func(args))
     except ConfigError as exc:
@@ -121,11 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--signal-port", type=int, default=8000)
     p.add_argument("--legacy-port", type=int, default=8001)
 
-    add("check", cmd_check, "validate the config file", "rollout check -c config/rollout.yaml")
+    add(
+        "check", views.cmd_check, "validate the config file", "rollout check -c config/rollout.yaml"
+    )
 
     p = add(
         "explain",
-        cmd_explain,
+        views.cmd_explain,
         "show bucket, side and reason for one session id under the current config",
         "rollout explain alice --path /signals/anomaly",
     )
@@ -140,8 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_ops_commands(
     add: Callable[[str, Command, str, str], argparse.ArgumentParser],
 ) -> None:
-    from proxy import ops
-
     def live(p: argparse.ArgumentParser) -> None:
         p.add_argument("--admin", metavar="URL", help="admin listener (default: from the config)")
 
@@ -151,7 +145,7 @@ def _add_ops_commands(
 
     p = add(
         "status",
-        ops.cmd_status,
+        views.cmd_status,
         "configured and live state: percentage, stage, guard, per-upstream figures",
         "rollout status --json",
     )
@@ -160,7 +154,7 @@ def _add_ops_commands(
 
     p = add(
         "set",
-        ops.cmd_set,
+        moves.cmd_set,
         "set the rollout percentage (or one feature's)",
         "rollout set 30 --reason 'stage 2 approved in #ops'",
     )
@@ -170,7 +164,7 @@ def _add_ops_commands(
 
     p = add(
         "stage",
-        ops.cmd_stage,
+        moves.cmd_stage,
         "set the percentage to stage N of rollout.stages (stage 0 is the first)",
         "rollout stage 2 --reason 'metrics green for 24 h'",
     )
@@ -179,7 +173,7 @@ def _add_ops_commands(
 
     p = add(
         "promote",
-        ops.cmd_promote,
+        moves.cmd_promote,
         "move to the next stage, only when the promotion criteria hold on live figures",
         "rollout promote --reason 'error rate 0.2 %, p95 80 ms'",
     )
@@ -188,7 +182,7 @@ def _add_ops_commands(
 
     p = add(
         "rollback",
-        ops.cmd_rollback,
+        moves.cmd_rollback,
         "move to the previous stage below the current percentage",
         "rollout rollback --reason 'p95 regression'",
     )
@@ -196,7 +190,7 @@ def _add_ops_commands(
 
     p = add(
         "emergency",
-        ops.cmd_emergency,
+        moves.cmd_emergency,
         "send everything to legacy now (percentages are kept); --off to clear",
         "rollout emergency --reason 'signal outage'",
     )
@@ -205,7 +199,7 @@ def _add_ops_commands(
 
     p = add(
         "test",
-        ops.cmd_test,
+        views.cmd_test,
         "smoke test /health, /signals?limit=10, /signals/stats via the proxy and each upstream",
         "rollout test --url http://127.0.0.1:8080",
     )
@@ -214,7 +208,7 @@ def _add_ops_commands(
 
     p = add(
         "report",
-        ops.cmd_report,
+        views.cmd_report,
         "signal vs legacy side by side, with the verdict against the criteria",
         "rollout report --prometheus http://prometheus:9090 --window 10m",
     )
@@ -225,7 +219,7 @@ def _add_ops_commands(
 
     p = add(
         "diff",
-        ops.cmd_diff,
+        views.cmd_diff,
         "shadow comparison: match rate per feature and the most recent mismatches",
         "rollout diff --limit 5",
     )
@@ -238,15 +232,6 @@ def _setup_logging(args: argparse.Namespace) -> None:
     setup_logging(verbose=bool(getattr(args, "verbose", False)))
 
 
-def _config_path(args: argparse.Namespace) -> Path:
-    return resolve_config_path(getattr(args, "config", None))
-
-
-def _load(args: argparse.Namespace) -> tuple[Path, Config]:
-    path = _config_path(args)
-    return path, load_config(path)
-
-
 def _print_config_error(exc: ConfigError) -> None:
     print(f"error: invalid configuration {exc.source}:", file=sys.stderr)
     for problem in exc.problems:
@@ -256,7 +241,8 @@ def _print_config_error(exc: ConfigError) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.app import run_loop, serve
 
-    path, _ = _load(args)  # invalid config: exit 2 before binding anything
+    path = args.config_path
+    load_config(path)  # invalid config: exit 2 before binding anything
     if args.workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return EXIT_USAGE
@@ -290,86 +276,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(ports))
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    path, config = _load(args)
-    r = config.rollout
-    stage = _stage_of(config)
-    print(f"{path}: valid")
-    print(
-        f"  upstreams   signal {config.upstreams.signal.url}, legacy {config.upstreams.legacy.url}"
-    )
-    print(
-        f"  listen      {config.listen.host}:{config.listen.port}  "
-        f"admin {config.admin.host}:{config.admin.port}"
-        f"{' (token set)' if config.admin.token else ''}"
-    )
-    print(
-        f"  rollout     {r.percentage:g} % ({stage}), seed {r.seed!r}"
-        f"{', EMERGENCY: all to legacy' if r.emergency else ''}"
-    )
-    for feature in r.features:
-        pct = r.percentage if feature.percentage is None else feature.percentage
-        print(f"  feature     {feature.name}: {pct:g} % on {', '.join(feature.paths)}")
-    print(f"  test ids    {len(r.test_sessions)}")
-    fb = config.fallback
-    print(
-        f"  fallback    {'on' if fb.enabled else 'off'}, statuses "
-        f"{', '.join(map(str, sorted(fb.statuses)))}, replay bodies up to {fb.max_body_bytes} B"
-    )
-    g = config.guard
-    print(
-        f"  guard       {'on' if g.enabled else 'off'}: roll back when error rate > "
-        f"{g.max_error_rate:.1%} or p95 > {g.max_p95_ms:g} ms over {g.window_seconds} s "
-        f"(min {g.min_requests} requests)"
-    )
-    p = config.promotion
-    print(
-        f"  promotion   error rate < {p.max_error_rate:.1%}, p95 < {p.max_p95_ms:g} ms, "
-        f"min {p.min_requests} requests"
-    )
-    return EXIT_OK
-
-
-def _stage_of(config: Config) -> str:
-    stages = config.rollout.stages
-    pct = config.rollout.percentage
-    if pct in stages:
-        return f"stage {stages.index(pct)} of {len(stages) - 1}"
-    return "between stages"
-
-
-def cmd_explain(args: argparse.Namespace) -> int:
-    _, config = _load(args)
-    decision = choose_upstream(config.rollout, args.session_id, args.path)
-    pct = config.feature_percentages()[decision.feature]
-    result = {
-        "session_id": args.session_id,
-        "path": args.path,
-        "feature": decision.feature,
-        "percentage": pct,
-        "threshold": threshold(pct),
-        "bucket": decision.bucket,
-        "upstream": decision.side.value,
-        "reason": decision.reason.value,
-    }
-    if args.json:
-        print(json.dumps(result))
-        return EXIT_OK
-    reason = {
-        "emergency": "rollout.emergency is true: everything goes to legacy",
-        "test_session": "listed in rollout.test_sessions",
-        "bucket": (
-            f"bucket {decision.bucket} {'<' if decision.side.value == 'signal' else '>='} "
-            f"{threshold(pct)} (= {pct:g} % of 10000)"
-        ),
-    }[decision.reason.value]
-    print(f"session   {args.session_id}")
-    print(f"feature   {decision.feature} ({pct:g} %)")
-    if decision.bucket is not None:
-        print(f"bucket    {decision.bucket} of 10000")
-    print(f"upstream  {decision.side.value}")
-    print(f"reason    {reason}")
-    return EXIT_OK
-
-
-__all__ = ["as_mapping", "build_parser", "main"]
+__all__ = ["build_parser", "main"]

@@ -13,7 +13,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.live import LiveError, fetch, fetch_metrics, fetch_status
+from proxy.control.client import LiveError, fetch, fetch_metrics, fetch_status
+from proxy.rollout.stages import Figures
 from proxy.status import StatusDocument, WindowFigures
 
 SIDES = ("signal", "legacy")
@@ -191,3 +192,9 @@ def shadow_from_prometheus(prometheus: str, window: str) -> Shadow:
             value = round(float(row["value"][1]))
             out.setdefault(labels["feature"], {})[labels["result"]] = value
     return out
+
+
+def signal_figures(status: StatusDocument) -> Figures:
+    """Signal's window from `/-/status`: what promotion is judged on."""
+    w = status["upstreams"]["signal"]
+    return Figures(w["requests"], w["error_rate"], w["p95_ms"])

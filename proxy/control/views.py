@@ -1,8 +1,4 @@
-"""The operators' commands: status, set, stage, promote, rollback, emergency, test, report.
-
-Each edit is validated in full before writing, keeps the file's comments and layout
-(`proxy.edit`), is written atomically, and leaves one line in the history file.
-"""
+"""The read-only commands: check, explain, status, test, report, diff (SPEC 10)."""
 
 from __future__ import annotations
 
@@ -10,17 +6,12 @@ import argparse
 import asyncio
 import json
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
-from proxy.config.load import load_config, parse_config, resolve_config_path
-from proxy.config.values import Config, format_value
-from proxy.console import Console
-from proxy.edit import EditError, set_value, write_atomically
-from proxy.errors import ConfigError
-from proxy.history import record
-from proxy.live import LiveError, admin_url, fetch_diffs, fetch_metrics, fetch_status
-from proxy.report import (
+from proxy.config.load import load_config
+from proxy.config.values import Config
+from proxy.control.client import LiveError, admin_url, fetch_diffs, fetch_metrics, live_status
+from proxy.control.console import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Console
+from proxy.control.figures import (
     SIDES,
     SideFigures,
     from_admin,
@@ -29,6 +20,8 @@ from proxy.report import (
     shadow_counts,
     shadow_from_prometheus,
 )
+from proxy.control.smoke import proxy_url, run_smoke
+from proxy.rollout.routing import choose_upstream, threshold
 from proxy.rollout.stages import (
     Criterion,
     Figures,
@@ -37,57 +30,97 @@ from proxy.rollout.stages import (
     describe_stage,
     judge,
     next_stage,
-    previous_stage,
-    promotion_blockers,
 )
-from proxy.smoke import proxy_url, run_smoke
-from proxy.status import StatusDocument, WindowFigures
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from proxy.status import WindowFigures
 
 
-def _path(args: argparse.Namespace) -> Path:
-    return resolve_config_path(getattr(args, "config", None))
+def cmd_check(args: argparse.Namespace) -> int:
+    path = args.config_path
+    config = load_config(path)
+    r = config.rollout
+    stage = _stage_of(config)
+    print(f"{path}: valid")
+    print(
+        f"  upstreams   signal {config.upstreams.signal.url}, legacy {config.upstreams.legacy.url}"
+    )
+    print(
+        f"  listen      {config.listen.host}:{config.listen.port}  "
+        f"admin {config.admin.host}:{config.admin.port}"
+        f"{' (token set)' if config.admin.token else ''}"
+    )
+    print(
+        f"  rollout     {r.percentage:g} % ({stage}), seed {r.seed!r}"
+        f"{', EMERGENCY: all to legacy' if r.emergency else ''}"
+    )
+    for feature in r.features:
+        pct = r.percentage if feature.percentage is None else feature.percentage
+        print(f"  feature     {feature.name}: {pct:g} % on {', '.join(feature.paths)}")
+    print(f"  test ids    {len(r.test_sessions)}")
+    fb = config.fallback
+    print(
+        f"  fallback    {'on' if fb.enabled else 'off'}, statuses "
+        f"{', '.join(map(str, sorted(fb.statuses)))}, replay bodies up to {fb.max_body_bytes} B"
+    )
+    g = config.guard
+    print(
+        f"  guard       {'on' if g.enabled else 'off'}: roll back when error rate > "
+        f"{g.max_error_rate:.1%} or p95 > {g.max_p95_ms:g} ms over {g.window_seconds} s "
+        f"(min {g.min_requests} requests)"
+    )
+    p = config.promotion
+    print(
+        f"  promotion   error rate < {p.max_error_rate:.1%}, p95 < {p.max_p95_ms:g} ms, "
+        f"min {p.min_requests} requests"
+    )
+    return EXIT_OK
 
 
-def _live(config: Config, args: argparse.Namespace) -> StatusDocument | None:
-    try:
-        return fetch_status(admin_url(config, getattr(args, "admin", None)), config.admin.token)
-    except LiveError:
-        return None
+def _stage_of(config: Config) -> str:
+    stages = config.rollout.stages
+    pct = config.rollout.percentage
+    if pct in stages:
+        return f"stage {stages.index(pct)} of {len(stages) - 1}"
+    return "between stages"
 
 
-def _live_or_reason(config: Config, args: argparse.Namespace) -> tuple[StatusDocument | None, str]:
-    url = admin_url(config, getattr(args, "admin", None))
-    try:
-        return fetch_status(url, config.admin.token), url
-    except LiveError as exc:
-        return None, str(exc)
-
-
-def _signal_figures(live: StatusDocument) -> Figures:
-    w = live["upstreams"]["signal"]
-    return Figures(w["requests"], w["error_rate"], w["p95_ms"])
-
-
-def _live_summary(live: StatusDocument | None) -> dict[str, Any] | None:
-    """What the history keeps of the live state: the evidence behind a move."""
-    if live is None:
-        return None
-    return {
-        "generation": live["config"]["generation"],
-        "guard_tripped": live["guard"]["tripped"],
-        "upstreams": live["upstreams"],
+def cmd_explain(args: argparse.Namespace) -> int:
+    config = load_config(args.config_path)
+    decision = choose_upstream(config.rollout, args.session_id, args.path)
+    pct = config.feature_percentages()[decision.feature]
+    result = {
+        "session_id": args.session_id,
+        "path": args.path,
+        "feature": decision.feature,
+        "percentage": pct,
+        "threshold": threshold(pct),
+        "bucket": decision.bucket,
+        "upstream": decision.side.value,
+        "reason": decision.reason.value,
     }
-
-
-# --- status ----------------------------------------------------------------------------
+    if args.json:
+        print(json.dumps(result))
+        return EXIT_OK
+    reason = {
+        "emergency": "rollout.emergency is true: everything goes to legacy",
+        "test_session": "listed in rollout.test_sessions",
+        "bucket": (
+            f"bucket {decision.bucket} {'<' if decision.side.value == 'signal' else '>='} "
+            f"{threshold(pct)} (= {pct:g} % of 10000)"
+        ),
+    }[decision.reason.value]
+    print(f"session   {args.session_id}")
+    print(f"feature   {decision.feature} ({pct:g} %)")
+    if decision.bucket is not None:
+        print(f"bucket    {decision.bucket} of 10000")
+    print(f"upstream  {decision.side.value}")
+    print(f"reason    {reason}")
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    path = _path(args)
+    path = args.config_path
     config = load_config(path)
-    live, where = _live_or_reason(config, args)
+    live, where = live_status(config, args.admin)
     r = config.rollout
     doc = {
         "config": str(path),
@@ -161,195 +194,8 @@ def _figures_table(
     con.table(header, rows)
 
 
-# --- edits -----------------------------------------------------------------------------
-
-
-def _apply_edit(
-    args: argparse.Namespace,
-    command: str,
-    key: tuple[str, ...],
-    value: float | bool,
-    *,
-    config: Config,
-    forced: bool = False,
-    live: StatusDocument | None = None,
-    live_checked: bool = False,
-) -> int:
-    """Validate, write atomically, record history. Any refusal leaves the file untouched."""
-    path = _path(args)
-    con = Console()
-    before_text = path.read_text(encoding="utf-8")
-    before = _plain(_lookup(config, key))
-    dotted = ".".join(key)
-    if before == value:
-        con.info(f"{dotted} is already {format_value(value)}: nothing to change")
-        return EXIT_OK
-    try:
-        after_text = set_value(before_text, key, value)
-        parse_config(after_text, str(path))
-        write_atomically(path, after_text)
-    except ConfigError as exc:
-        con.error(f"refused: the result would not be a valid configuration ({path} unchanged):")
-        for problem in exc.problems:
-            con.error(f"  - {problem}")
-        return EXIT_USAGE
-    except EditError as exc:
-        con.error(f"refused: {exc} ({path} unchanged)")
-        return EXIT_USAGE
-    if live is None and not live_checked:
-        live = _live(config, args)
-    record(
-        path,
-        command=command,
-        before={dotted: before},
-        after={dotted: _plain(value)},
-        reason=args.reason,
-        live=_live_summary(live),
-        forced=forced,
-    )
-    new = load_config(path)
-    stage = describe_stage(new.rollout.stages, new.rollout.percentage)
-    con.success(
-        f"{dotted} {format_value(before)} -> {format_value(value)} ({stage}); "
-        "the proxy applies it within 2 s"
-    )
-    if not args.reason:
-        con.warning("no --reason given; the history records the move without one")
-    return EXIT_OK
-
-
-def _lookup(config: Config, key: tuple[str, ...]) -> Any:
-    if key[:2] == ("rollout", "features"):
-        feature = next(f for f in config.rollout.features if f.name == key[2])
-        return feature.percentage
-    value: Any = config
-    for part in key:
-        value = getattr(value, part)
-    return value
-
-
-def cmd_set(args: argparse.Namespace) -> int:
-    config = load_config(_path(args))
-    con = Console()
-    value = float(args.percentage)  # range and decimals are checked with the whole file
-    if args.feature:
-        names = [f.name for f in config.rollout.features]
-        if args.feature not in names:
-            con.error(f"unknown feature {args.feature!r}; configured: {', '.join(names) or 'none'}")
-            return EXIT_USAGE
-        key: tuple[str, ...] = ("rollout", "features", args.feature, "percentage")
-    else:
-        key = ("rollout", "percentage")
-    return _apply_edit(args, _command_line(args), key, _number(value), config=config)
-
-
-def _number(value: float) -> float:
-    return float(int(value)) if value.is_integer() else value
-
-
-def _plain(value: Any) -> Any:
-    """10.0 -> 10 for the history and messages, as the operator wrote it."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def cmd_stage(args: argparse.Namespace) -> int:
-    config = load_config(_path(args))
-    stages = config.rollout.stages
-    if not 0 <= args.n < len(stages):
-        Console().error(
-            f"stage {args.n} does not exist: rollout.stages has stages 0-{len(stages) - 1} "
-            f"({', '.join(f'{s:g}' for s in stages)})"
-        )
-        return EXIT_USAGE
-    return _apply_edit(
-        args, _command_line(args), ("rollout", "percentage"), stages[args.n], config=config
-    )
-
-
-def cmd_promote(args: argparse.Namespace) -> int:
-    config = load_config(_path(args))
-    con = Console()
-    r = config.rollout
-    target = next_stage(r.stages, r.percentage)
-    if target is None:
-        con.info(f"already at the last stage ({r.percentage:g} %): nothing to promote")
-        return EXIT_OK
-    live, where = _live_or_reason(config, args)
-    if live is None:
-        if not args.force:
-            con.error(f"cannot judge the promotion criteria: proxy not reachable ({where})")
-            con.line("  (--force promotes without live figures; the history records it)")
-            return EXIT_FAILED
-        con.warning(f"proxy not reachable ({where}); promoting anyway (--force)")
-    else:
-        verdict = judge(_signal_figures(live), config.promotion, config.guard)
-        guard = live["guard"]
-        blocked = promotion_blockers(
-            verdict,
-            configured=r.percentage,
-            served=live["percentages"]["default"],
-            emergency=r.emergency,
-            guard_trip=guard["reason"] or "tripped" if guard["tripped"] else None,
-        )
-        if blocked and not args.force:
-            con.error(f"not promoting {r.percentage:g} % -> {target:g} %:")
-            for reason in blocked:
-                con.line(f"  - {reason}")
-            return EXIT_FAILED
-        if blocked:
-            con.warning("criteria not met; promoting anyway (--force): " + "; ".join(blocked))
-        else:
-            con.success("promotion criteria hold on live figures")
-    return _apply_edit(
-        args,
-        _command_line(args),
-        ("rollout", "percentage"),
-        target,
-        config=config,
-        forced=bool(args.force),
-        live=live,
-        live_checked=True,
-    )
-
-
-def cmd_rollback(args: argparse.Namespace) -> int:
-    config = load_config(_path(args))
-    r = config.rollout
-    target = previous_stage(r.stages, r.percentage)
-    if target is None:
-        Console().info(f"already at {r.percentage:g} %, the first stage: nothing to roll back")
-        return EXIT_OK
-    return _apply_edit(args, _command_line(args), ("rollout", "percentage"), target, config=config)
-
-
-def cmd_emergency(args: argparse.Namespace) -> int:
-    config = load_config(_path(args))
-    return _apply_edit(
-        args, _command_line(args), ("rollout", "emergency"), not args.off, config=config
-    )
-
-
-def _command_line(args: argparse.Namespace) -> str:
-    parts = ["rollout", args.command]
-    for name in ("percentage", "n"):
-        if hasattr(args, name):
-            parts.append(f"{getattr(args, name):g}")
-    if getattr(args, "feature", None):
-        parts += ["--feature", args.feature]
-    if getattr(args, "off", False):
-        parts.append("--off")
-    if getattr(args, "force", False):
-        parts.append("--force")
-    return " ".join(parts)
-
-
-# --- test ------------------------------------------------------------------------------
-
-
 def cmd_test(args: argparse.Namespace) -> int:
-    config = load_config(_path(args))
+    config = load_config(args.config_path)
     url = proxy_url(config, args.url)
     checks = asyncio.run(run_smoke(config, url))
     failed = [c for c in checks if not c.ok]
@@ -377,11 +223,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# --- report ----------------------------------------------------------------------------
-
-
 def cmd_report(args: argparse.Namespace) -> int:
-    config = load_config(_path(args))
+    config = load_config(args.config_path)
     con = Console()
     try:
         if args.prometheus:
@@ -474,12 +317,9 @@ def _print_report(
         con.warning(f"recommendation: hold ({why})")
 
 
-# --- diff ------------------------------------------------------------------------------
-
-
 def cmd_diff(args: argparse.Namespace) -> int:
     """Shadow comparison results: match rate per feature and the kept mismatches."""
-    config = load_config(_path(args))
+    config = load_config(args.config_path)
     url = admin_url(config, args.admin)
     try:
         diffs = fetch_diffs(url, config.admin.token)["diffs"]

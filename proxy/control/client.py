@@ -1,4 +1,4 @@
-"""Reading a running proxy's live state from its admin listener (for the CLI)."""
+"""The admin listener's client: a running proxy's live state, for the `rollout` command."""
 
 from __future__ import annotations
 
@@ -62,3 +62,12 @@ def _fetch_json(url: str, token: str | None, key: str) -> object:
 
 def fetch_metrics(base: str, token: str | None) -> str:
     return fetch(base + "/metrics", token)
+
+
+def live_status(config: Config, override: str | None) -> tuple[StatusDocument | None, str]:
+    """The running proxy's status and the admin URL it came from, or None and why not."""
+    url = admin_url(config, override)
+    try:
+        return fetch_status(url, config.admin.token), url
+    except LiveError as exc:
+        return None, str(exc)

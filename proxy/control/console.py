@@ -17,6 +17,11 @@ _COLOURS = {
 }
 _RESET = "\033[0m"
 
+# How every command ends (SPEC 10).
+EXIT_OK = 0
+EXIT_FAILED = 1  # the check or the criteria failed
+EXIT_USAGE = 2  # usage or configuration error
+
 
 def use_colour(stream: TextIO) -> bool:
     if os.environ.get("NO_COLOR"):
