@@ -1,6 +1,6 @@
 """Soak test (not CI): `rollout serve` under mixed traffic while config and signal churn.
 
-On 127.0.0.1: a signal and a legacy upstream (proxy.demo_apis, one process each, faults
+On 127.0.0.1: a signal and a legacy upstream (proxy.demo.apis, one process each, faults
 switched on by `POST /-/fault?mode=status|slow|reset&seconds=S&share=F`) and the proxy
 (30 %, guard on). Traffic at --rate / --concurrency while config reloads (some invalid),
 signal restarts, fault bursts and SIGHUPs happen at random. A GET must get a 2xx, a POST
@@ -96,7 +96,7 @@ async def set_fault(request: web.Request) -> web.Response:
 
 
 def serve_upstream(name: str, port: int) -> None:
-    from proxy import demo_apis
+    from proxy.demo import apis as demo_apis
 
     app = demo_apis.signal_app() if name == "signal" else demo_apis.legacy_app()
     app[FAULT] = Fault()

@@ -17,7 +17,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from proxy.demo_apis import legacy_app
+from proxy.demo.apis import legacy_app
 from tests.conftest import UpstreamFactory, server_url
 from tests.prometheus_support import PrometheusServer
 from tests.support import HOST, ProxyProcess, config_dict, free_port, metric_value

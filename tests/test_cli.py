@@ -35,7 +35,7 @@ from aiohttp import web
 from proxy.control import cli
 from proxy.control.edit import set_value
 from proxy.control.history import HISTORY_FILE
-from proxy.demo_apis import legacy_app, signal_app
+from proxy.demo.apis import legacy_app, signal_app
 from tests.conftest import UpstreamFactory, server_url
 from tests.support import HOST, ProxyProcess, config_dict, free_port
 

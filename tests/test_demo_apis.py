@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from proxy.demo_apis import (
+from proxy.demo.apis import (
     MAX_LIMIT,
     SIGNAL_TYPES,
     legacy_app,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage
 
-from proxy.demo_apis import legacy_app, signal_app
+from proxy.demo.apis import legacy_app, signal_app
 from proxy.telemetry.logs import ClientErrorFilter, RateLimitedWarning
 from tests.conftest import UpstreamFactory, server_url
 from tests.support import ProxyProcess, config_dict, raw_request

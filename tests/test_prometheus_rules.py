@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 import yaml
 
-from proxy.demo_apis import legacy_app, signal_app
+from proxy.demo.apis import legacy_app, signal_app
 from tests.conftest import UpstreamFactory, server_url
 from tests.support import ProxyProcess, config_dict
 

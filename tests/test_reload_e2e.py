@@ -15,7 +15,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from proxy.demo_apis import legacy_app, signal_app
+from proxy.demo.apis import legacy_app, signal_app
 from tests.conftest import UpstreamFactory, server_url
 from tests.support import ProxyProcess, config_dict, metric_value
 

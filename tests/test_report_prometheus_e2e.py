@@ -27,7 +27,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.control.figures import promql_queries
-from proxy.demo_apis import legacy_app, signal_app
+from proxy.demo.apis import legacy_app, signal_app
 from tests.conftest import UpstreamFactory, server_url
 from tests.prometheus_support import PrometheusServer
 from tests.support import HOST, ProxyProcess, config_dict

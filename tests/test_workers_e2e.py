@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
-from proxy.demo_apis import legacy_app, signal_app
+from proxy.demo.apis import legacy_app, signal_app
 from tests.conftest import UpstreamFactory, server_url
 from tests.support import ProxyProcess, config_dict, metric_value
 

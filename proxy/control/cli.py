@@ -268,7 +268,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from proxy.demo import DemoPorts, run_demo
+    from proxy.demo.run import DemoPorts, run_demo
 
     ports = DemoPorts(
         proxy=args.port, admin=args.admin_port, signal=args.signal_port, legacy=args.legacy_port

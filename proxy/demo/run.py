@@ -12,13 +12,13 @@ import yaml
 
 from proxy.app import serve
 from proxy.config.load import parse_config
-from proxy.demo_apis import start_apis
+from proxy.demo.apis import start_apis
 from proxy.rollout.routing import bucket, threshold
 
 log = logging.getLogger("rollout.demo")
 
 HOST = "127.0.0.1"
-EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "rollout.yaml"
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "config" / "rollout.yaml"  # in the repo
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""`rollout demo`: sample signal and legacy APIs (apis) and the proxy in front (run)."""
