@@ -151,6 +151,7 @@ class Connection(WriteFlow, asyncio.Protocol):
         self._head_only = False
         self._error: Exception | None = None
         self._got_bytes = False
+        self._interim = False
 
     # --- asyncio.Protocol ------------------------------------------------------------
 
@@ -203,8 +204,16 @@ class Connection(WriteFlow, asyncio.Protocol):
         self._raw = b""
         if end < 0 or len(head) > MAX_HEAD_BYTES or head.count(b"\n") > MAX_HEADERS:
             raise UpstreamResetError(self._pool.name, "invalid response: headers too large")
+        status = self._parser.get_status_code()
+        if status < 200 and status != 101:
+            # An interim answer (103 Early Hints, an unasked-for 100 Continue) may precede
+            # the final one (RFC 9110 15.2): skip it; what followed it in this read is
+            # the final answer's head.
+            self._interim = True
+            self._raw = raw[end + 4 :]
+            return
         self._head = head
-        self._status = self._parser.get_status_code()
+        self._status = status
         # Asked now: llhttp forgets the connection's keep-alive state once the message ends.
         self._keep_alive = self._parser.should_keep_alive()
         if self._head_only:
@@ -223,6 +232,9 @@ class Connection(WriteFlow, asyncio.Protocol):
         _wake(self._body_waiter)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self._complete = True
         _wake(self._body_waiter)
 

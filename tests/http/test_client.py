@@ -464,3 +464,38 @@ async def test_no_retry_once_the_deadline_has_passed(
         await pool.request("GET", GET_HEAD, None, chunked=False, connect_timeout=1.0, deadline=past)
     assert stale_transport.aborted
     assert fresh.made == []
+
+
+# --- interim answers (RFC 9110 15.2) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one read", "two reads"])
+async def test_interim_103_is_skipped(pool: upstream.Pool, split: bool) -> None:
+    conn, _ = connected(pool)
+    task = await exchange_task(conn)
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    final = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Final: 1\r\n\r\nok"
+    if split:
+        conn.data_received(interim)
+        await settle()
+        assert not task.done()  # an interim answer is not the answer
+        conn.data_received(final)
+    else:
+        conn.data_received(interim + final)
+    response = await task
+    assert (response.status, response.reason) == (200, "OK")
+    assert response.headers == [("Content-Length", "2"), ("X-Final", "1")]
+    assert await response.read() == b"ok"
+    response.release()
+    assert conn in pool._idle  # the exchange ended cleanly: the connection is reusable
+
+
+async def test_interim_100_then_final_answer(pool: upstream.Pool) -> None:
+    conn, _ = connected(pool)
+    task = await exchange_task(conn)
+    conn.data_received(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+    )
+    response = await task
+    assert response.status == 201
+    assert await response.read() == b""
