@@ -634,34 +634,43 @@ async def test_admin_token_required_on_every_endpoint(
 SLOW_BODY = b"".join(b"slow-%08d\n" % n for n in range(20_000))
 
 
+GRACE = 4.0  # long enough for the checks made inside it, on a loaded machine too
+
+
 async def test_sigterm_drains_in_flight_request_and_exits_zero(
     upstream: UpstreamFactory, serve_proxy: ServeProxy
 ) -> None:
     arrived = asyncio.Event()
+    release = asyncio.Event()
 
     async def slow(request: web.Request) -> web.StreamResponse:
         if request.path == "/slow":
             arrived.set()
-            await asyncio.sleep(2.0)
+            # Held until the grace is over (by events, not by a sleep that a loaded machine
+            # could outrun): the drain must outlast the grace.
+            await asyncio.wait_for(release.wait(), 60)
             return web.Response(body=SLOW_BODY, content_type="application/octet-stream")
         return web.Response(text="quick")
 
-    s = await start(upstream, serve_proxy, "--grace", "1.5", respond=slow)
+    # `timeouts.total` far above the hold, so the slow answer is never the proxy's 504.
+    s = await start(
+        upstream, serve_proxy, "--grace", str(GRACE), respond=slow, timeouts={"total": 60.0}
+    )
     proxy = s.proxy
     assert proxy.proc is not None
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as client:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as client:
 
         async def in_flight() -> tuple[int, bytes]:
             async with client.get(proxy.url + "/slow") as r:
                 return r.status, await r.read()
 
         task = asyncio.create_task(in_flight())
-        await asyncio.wait_for(arrived.wait(), 5)
+        await asyncio.wait_for(arrived.wait(), 20)
         proxy.signal(signal.SIGTERM)
 
         ready_status = 0
-        async with asyncio.timeout(1.0):
+        async with asyncio.timeout(GRACE):
             while ready_status != 503:
                 ready_status = (await admin_get(proxy, "/-/ready"))[0]
                 if ready_status != 503:
@@ -672,12 +681,27 @@ async def test_sigterm_drains_in_flight_request_and_exits_zero(
         assert quick.status == 200
         assert quick.body == b"quick"
 
-        status, body = await asyncio.wait_for(task, 15)
+        # After the grace new connections are refused; the request in flight goes on.
+        async with asyncio.timeout(30):
+            while await _accepts(proxy.port):
+                await asyncio.sleep(0.05)
+        assert not task.done()
+        release.set()
+        status, body = await asyncio.wait_for(task, 30)
     assert status == 200
     assert body == SLOW_BODY
-    code = await asyncio.to_thread(proxy.proc.wait, 15)
+    code = await asyncio.to_thread(proxy.proc.wait, 30)
     assert code == 0, proxy.logs()
     assert "Traceback" not in proxy.logs()
+
+
+async def _accepts(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection(HOST, port)
+    except OSError:
+        return False
+    writer.close()
+    return True
 
 
 # --- 11. invalid configuration at start-up --------------------------------------------------

@@ -1,11 +1,17 @@
 """`rollout report --prometheus` against a real Prometheus scraping two `rollout serve` replicas.
 
 Prometheus (the Debian package) runs on loopback with a 1 s scrape interval. Two replicas
-share one config (50 %, fallback on) in front of the sample APIs; the signal API answers
-503 to every tenth request it gets, so signal has errors, GETs fall back to legacy and POSTs
-return signal's 503. The figures the report prints must equal the sums taken directly from
-both replicas' `/metrics`: for `--window 5m` (all the traffic) and for a window that starts
-between two bursts of traffic (only the second burst).
+share one config (50 %, fallback on) in front of the sample APIs. Which requests fail is
+chosen by the request, not by chance or arrival order: the signal API answers 503 to every
+request marked `X-Fail: 1`, and the test marks some of the GETs and some of the POSTs that
+the SPEC 3 hash sends to signal. So it knows exactly how many GETs fall back to legacy and
+how many POSTs return signal's 503. The figures the report prints must equal the sums taken
+directly from both replicas' `/metrics`: for `--window 5m` (all the traffic) and for a
+window that starts between two bursts of traffic (only the second burst).
+
+The windowed report must not depend on how long the CLI takes on a loaded machine: it
+talks to Prometheus through a pass-through server that pins each query's evaluation time
+(`time=`), so the window's start is a known instant in the middle of the pause.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import mmh3
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,15 +36,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.control.figures import promql_queries
 from proxy.demo.apis import legacy_app, signal_app
 from tests.conftest import UpstreamFactory, server_url
-from tests.prometheus_support import PrometheusServer
+from tests.prometheus_support import SCRAPE_INTERVAL_S, PrometheusServer
 from tests.support import HOST, ProxyProcess, config_dict
 
 pytestmark = pytest.mark.e2e
 
 SIDES = ("signal", "legacy")
-FAIL_EVERY = 10  # signal answers 503 to every tenth request it receives
-# Between the two bursts: longer than `rollout report` takes to run, so the window that
-# starts at the pause begins before any request of the second burst.
+SEED = "rollout"  # rollout.seed of the test config
+PERCENTAGE = 50
+FAIL_HEADER = "X-Fail"  # signal answers 503 to a request carrying `X-Fail: 1`
+FAIL_EVERY_GET = 10  # every tenth GET routed to signal is marked to fail (it falls back)
+FAIL_EVERY_POST = 2  # every other POST routed to signal is marked (its 503 is returned)
+# Between the two bursts. The windowed report's window starts in the middle of it, far from
+# either burst by more than a scrape can take (a sample stamped before an instant may hold
+# counters read up to one scrape timeout later).
 PAUSE_S = 5.0
 PATHS = ("/signals?limit=5", "/signals/stats", "/health", "/signals/anomaly?limit=3")
 
@@ -48,23 +60,125 @@ PATHS = ("/signals?limit=5", "/signals/stats", "/health", "/signals/anomaly?limi
 @dataclass
 class Hits:
     count: int = 0
+    failed: dict[str, int] = field(default_factory=dict)  # 503s answered, by method
 
 
-def counted(app: web.Application, hits: Hits, *, fail_every: int = 0) -> web.Application:
-    """The app with a request counter; every `fail_every`-th request gets a 503."""
+def counted(app: web.Application, hits: Hits, *, failing: bool = False) -> web.Application:
+    """The app with a request counter; with `failing`, a 503 to requests marked to fail."""
 
     @web.middleware
     async def count(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         hits.count += 1
-        if fail_every and hits.count % fail_every == 0:
+        if failing and request.headers.get(FAIL_HEADER) == "1":
+            hits.failed[request.method] = hits.failed.get(request.method, 0) + 1
             await request.read()
             return web.json_response({"error": "overloaded"}, status=503)
         return await handler(request)
 
     app.middlewares.append(count)
     return app
+
+
+def pinned_prometheus(prometheus_url: str, at: Callable[[], float | None]) -> web.Application:
+    """A pass-through to Prometheus that evaluates every instant query at `at()` (if set).
+
+    `rollout report` queries at "now"; pinning "now" makes its window start a chosen
+    instant however long the CLI takes to start and to run its queries.
+    """
+
+    async def forward(request: web.Request) -> web.Response:
+        params = dict(request.query)
+        pinned = at()
+        if pinned is not None and request.path == "/api/v1/query":
+            params["time"] = f"{pinned:.3f}"
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+            http.get(prometheus_url + request.path, params=params) as resp,
+        ):
+            body = await resp.read()
+            return web.Response(body=body, status=resp.status, content_type=resp.content_type)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", forward)
+    return app
+
+
+# --- traffic ------------------------------------------------------------------------------
+
+
+def to_signal(session_id: str) -> bool:
+    """SPEC 3: the side the proxy routes this session to at PERCENTAGE."""
+    bucket = mmh3.hash(f"{SEED}:{session_id}".encode(), 0, signed=False) % 10000
+    return bucket < round(PERCENTAGE * 100)
+
+
+@dataclass(frozen=True)
+class Planned:
+    session: str
+    method: str
+    path: str
+    signal: bool  # routed to signal by the hash
+    fail: bool  # marked `X-Fail: 1` (only ever on a request routed to signal)
+
+
+@dataclass(frozen=True)
+class Plan:
+    requests: tuple[Planned, ...]
+
+    def count(
+        self, method: str | None = None, *, signal: bool | None = None, fail: bool | None = None
+    ) -> int:
+        return sum(
+            1
+            for r in self.requests
+            if (method is None or r.method == method)
+            and (signal is None or r.signal == signal)
+            and (fail is None or r.fail == fail)
+        )
+
+    def statuses(self) -> dict[str, int]:
+        """What the clients must see: every GET 200 (fallback), a failed POST signal's 503."""
+        failed_posts = self.count("POST", fail=True)
+        out = {"GET 200": self.count("GET"), "POST 200": self.count("POST") - failed_posts}
+        if failed_posts:
+            out["POST 503"] = failed_posts
+        return out
+
+    def expected(self) -> dict[str, dict[str, int]]:
+        """The report's figures: signal counts every attempt, legacy what it served."""
+        fallbacks = self.count("GET", fail=True)
+        return {
+            "signal": {
+                "requests": self.count(signal=True),
+                "errors": self.count(fail=True),
+                "fallbacks": fallbacks,
+            },
+            "legacy": {
+                "requests": self.count(signal=False) + fallbacks,
+                "errors": 0,
+                "fallbacks": 0,
+            },
+        }
+
+
+def plan(prefix: str, count: int) -> Plan:
+    """`count` requests, one new session each; every seventh a POST (not replayed)."""
+    seen = {"GET": 0, "POST": 0}  # requests of each method routed to signal so far
+    every = {"GET": FAIL_EVERY_GET, "POST": FAIL_EVERY_POST}
+    out = []
+    for i in range(count):
+        session = f"{prefix}-{i}"
+        method = "POST" if i % 7 == 0 else "GET"
+        signal = to_signal(session)
+        fail = False
+        if signal:
+            seen[method] += 1
+            fail = seen[method] % every[method] == 0
+        path = "/echo" if method == "POST" else PATHS[i % len(PATHS)]
+        out.append(Planned(session, method, path, signal, fail))
+    return Plan(tuple(out))
 
 
 # --- figures ------------------------------------------------------------------------------
@@ -129,31 +243,35 @@ def reported(payload: dict[str, Any]) -> dict[str, dict[str, int]]:
     }
 
 
-# --- traffic and the CLI ------------------------------------------------------------------
+# --- sending and the CLI ------------------------------------------------------------------
 
 
 async def send_traffic(
-    http: aiohttp.ClientSession, replicas: list[ProxyProcess], prefix: str, count: int
+    http: aiohttp.ClientSession, replicas: list[ProxyProcess], requests: Plan
 ) -> dict[str, int]:
-    """`count` requests spread over the replicas, one new session each; statuses seen."""
+    """The planned requests, spread over the replicas, 16 at a time; statuses seen."""
     limit = asyncio.Semaphore(16)
     statuses: dict[str, int] = {}
 
-    async def one(i: int) -> None:
+    async def one(i: int, r: Planned) -> None:
         replica = replicas[i % len(replicas)]
-        headers = {"X-Session-Id": f"{prefix}-{i}"}
+        headers = {"X-Session-Id": r.session}
+        if r.fail:
+            headers[FAIL_HEADER] = "1"
         async with limit:
-            if i % 7 == 0:
+            if r.method == "POST":
                 # Not replayed: a 503 from signal goes back to the client as it is.
-                request = http.post(f"{replica.url}/echo", data=b"x" * 100, headers=headers)
+                request = http.post(replica.url + r.path, data=b"x" * 100, headers=headers)
             else:
-                request = http.get(replica.url + PATHS[i % len(PATHS)], headers=headers)
+                request = http.get(replica.url + r.path, headers=headers)
             async with request as resp:
                 await resp.read()
                 key = f"{resp.method} {resp.status}"
                 statuses[key] = statuses.get(key, 0) + 1
 
-    await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(count))), 60)
+    await asyncio.wait_for(
+        asyncio.gather(*(one(i, r) for i, r in enumerate(requests.requests))), 120
+    )
     return statuses
 
 
@@ -218,15 +336,23 @@ async def test_report_sums_both_replicas(
     serve_proxy: Callable[..., ProxyProcess],
     prometheus: Callable[..., PrometheusServer],
 ) -> None:
+    first_plan, second_plan = plan("first", 150), plan("second", 250)
+    for p in (first_plan, second_plan):
+        # The plan is fixed by the session ids; each burst has both kinds of failure.
+        assert p.count("GET", fail=True) > 0, p
+        assert p.count("POST", fail=True) > 0, p
+        assert p.count(signal=False) > 0, p
+
     signal_hits, legacy_hits = Hits(), Hits()
-    signal = await upstream(counted(signal_app(), signal_hits, fail_every=FAIL_EVERY))
+    signal = await upstream(counted(signal_app(), signal_hits, failing=True))
     legacy = await upstream(counted(legacy_app(), legacy_hits))
     sections: dict[str, Any] = {
-        "rollout": {"percentage": 50, "test_sessions": []},
+        "rollout": {"percentage": PERCENTAGE, "seed": SEED, "test_sessions": []},
         "fallback": {"enabled": True},
-        # Neither 10 % signal errors nor a slow machine may trip the guard: routing stays
-        # at 50 % throughout and the verdict is "hold" (promotion's 1 % error rate fails).
-        "guard": {"enabled": True, "max_error_rate": 0.5, "max_p95_ms": 5000},
+        # Neither the marked failures (under 20 % of signal's requests) nor a slow machine
+        # may trip the guard: routing stays at 50 % throughout and the verdict is "hold"
+        # (promotion's 1 % error rate fails).
+        "guard": {"enabled": True, "max_error_rate": 0.5, "max_p95_ms": 60000},
     }
     replicas = [
         serve_proxy(config_dict(server_url(signal), server_url(legacy), **sections), name=name)
@@ -237,34 +363,46 @@ async def test_report_sums_both_replicas(
         prometheus, [f"{HOST}:{r.data['admin']['port']}" for r in replicas]
     )
     await asyncio.to_thread(prom.wait_for_scrapes, 2)
+    pinned_at: float | None = None
+    pinned = await upstream(pinned_prometheus(prom.url, lambda: pinned_at))
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         # First burst, then a scrape of it, then a pause the second window starts in.
-        first = await send_traffic(http, replicas, "first", 150)
+        first = await send_traffic(http, replicas, first_plan)
         await asyncio.to_thread(prom.wait_for_scrapes, 2, after=time.time())
         before = await scrape_all(http, replicas)
-        window_start = time.time()
+        pause_at = time.time()
         await asyncio.sleep(PAUSE_S)
         second_at = time.time()
-        second = await send_traffic(http, replicas, "second", 250)
+        second = await send_traffic(http, replicas, second_plan)
         # Prometheus must have read every counter after the last request completed.
         await asyncio.to_thread(prom.wait_for_scrapes, 3, after=time.time())
         after = await scrape_all(http, replicas)
+        evaluated_at = time.time()
 
-    # GETs always end in 200 (signal's 503s fall back); a POST may get signal's 503.
-    for seen in (first, second):
-        assert set(seen) <= {"GET 200", "POST 200", "POST 503"}, seen
+    # GETs always end in 200 (signal's 503s fall back); a marked POST gets signal's 503.
+    assert first == first_plan.statuses(), first
+    assert second == second_plan.statuses(), second
+    # Signal answered 503 to exactly the marked requests, legacy to none.
+    failed = {
+        m: first_plan.count(m, fail=True) + second_plan.count(m, fail=True) for m in ("GET", "POST")
+    }
+    assert signal_hits.failed == failed, signal_hits
+    assert legacy_hits.failed == {}, legacy_hits
+
     expected = after.expected()
-    assert expected["signal"]["errors"] > 0, expected
-    assert expected["signal"]["fallbacks"] > 0, expected
-    assert expected["signal"]["errors"] > expected["signal"]["fallbacks"], expected
-    assert expected["legacy"]["requests"] > 0, expected
+    both = Plan(first_plan.requests + second_plan.requests).expected()
+    assert expected == both, (expected, both)
+    # errors = fallbacks (GETs) + the POSTs that returned signal's 503.
+    assert expected["signal"]["errors"] == expected["signal"]["fallbacks"] + failed["POST"]
+    assert expected["signal"]["fallbacks"] == failed["GET"]
+    assert after.expected(minus=before) == second_plan.expected(), (after, before)
     # The metrics agree with what the upstreams received.
     assert expected["signal"]["requests"] == signal_hits.count, (expected, signal_hits)
     assert expected["legacy"]["requests"] == legacy_hits.count, (expected, legacy_hits)
     assert after.served["signal"] + after.served["legacy"] == 400
 
-    # --window 5m: everything both replicas counted.
+    # --window 5m: everything both replicas counted, queried at the real "now".
     payload = json.loads(await asyncio.to_thread(run_report, config, prom.url, "5m", as_json=True))
     assert reported(payload) == expected, (payload, prom.logs()[-2000:])
     for side in SIDES:
@@ -284,19 +422,20 @@ async def test_report_sums_both_replicas(
     ), text
     assert any("recommendation:" in line for line in text.splitlines()), text
 
-    # A window starting in the pause: the second burst only. Each query runs at some time
-    # in [t0, t1], so its window starts in [window_start, window_start + (t1 - t0)].
-    t0 = time.time()
-    window_ms = int((t0 - window_start) * 1000)
+    # A window starting in the middle of the pause: the second burst only. Its queries are
+    # evaluated at `evaluated_at` (after every counter was scraped), so the window starts
+    # exactly at `window_start`: after the scrapes of the first burst (taken before the
+    # pause) and more than a scrape timeout before the second burst's first request.
+    window_start = pause_at + PAUSE_S / 2
+    assert window_start + SCRAPE_INTERVAL_S < second_at, (pause_at, second_at)
+    window_ms = int((evaluated_at - window_start) * 1000)
+    pinned_at = evaluated_at
     payload = json.loads(
-        await asyncio.to_thread(run_report, config, prom.url, f"{window_ms}ms", as_json=True)
+        await asyncio.to_thread(
+            run_report, config, server_url(pinned), f"{window_ms}ms", as_json=True
+        )
     )
-    t1 = time.time()
-    assert window_start + (t1 - t0) < second_at - 0.5, (
-        f"`rollout report` took {t1 - t0:.1f} s, longer than the {PAUSE_S} s pause: "
-        "its window may have begun inside the second burst"
-    )
-    assert reported(payload) == after.expected(minus=before), payload
+    assert reported(payload) == second_plan.expected(), payload
 
 
 async def test_promql_queries_are_accepted(prometheus: Callable[..., PrometheusServer]) -> None:

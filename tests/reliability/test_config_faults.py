@@ -26,7 +26,7 @@ from tests.support import ProxyProcess, metric_value
 
 pytestmark = pytest.mark.e2e
 
-SEEN_WITHIN = 5.0  # the watcher polls once a second
+SEEN_WITHIN = 30.0  # a bound on a wait, generous for a loaded machine (the watcher polls 1/s)
 
 
 async def admin(proxy: ProxyProcess, path: str) -> Any:
@@ -141,11 +141,13 @@ async def test_sighup_storm_keeps_serving_and_applies_a_change_once(
         proxy.config_path, yaml.safe_dump(with_percentage(proxy.data, 50), sort_keys=False)
     )
     await storm()
+    # However slowly a loaded machine runs the handlers: wait for the change, then check
+    # it was applied once.
+    doc = await wait_for(proxy, lambda d: d["config"]["generation"] >= 2)
     stop.set()
     sides = [side for task in load for side in await task]
 
     assert proxy.proc.poll() is None, proxy.logs()
-    doc = await admin(proxy, "/-/status")
     assert doc["config"]["generation"] == 2, doc
     assert proxy.logs().count("config reloaded") == 1
     metrics = await admin(proxy, "/metrics")

@@ -45,7 +45,12 @@ pytestmark = pytest.mark.e2e
 
 SIGNAL_TIMEOUT = 0.5
 TOTAL = 2.0
-SLACK = 1.0  # scheduling noise on a loaded machine; a hang is tens of seconds
+# Upper bounds on answer times only tell a deadline from a hang (the client waits 30 s):
+# which deadline fired is asserted by the status and `X-Rollout-Fallback` (a signal attempt
+# not cut at `timeouts.signal` leaves nothing of `timeouts.total` for legacy: a 504), and
+# the lower bounds, which load can only make easier. So the slack is generous: a loaded
+# 2-core machine may stall a request for seconds, and a timing belongs in bench/.
+SLACK = 10.0
 
 FAULTS = {
     "fail": status(503),

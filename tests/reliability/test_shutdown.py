@@ -29,6 +29,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 GRACE = 1.5
 SLOW_SECONDS = 2.0
+TOTAL = 60.0  # timeouts.total
+# The exit comes about GRACE + SLOW_SECONDS after SIGTERM; waiting out `timeouts.total` on
+# a connection that carries no request takes TOTAL. The bound tells the two apart with
+# room for a loaded machine; it is not a measure of the drain (that is bench/'s business).
+EXIT_WITHIN = 20.0
 SLOW_BODY = b"".join(b"drain-%08d\n" % n for n in range(30_000))
 
 
@@ -116,8 +121,14 @@ async def test_sigterm_under_load_drains_in_flight_and_drops_nothing_during_grac
 ) -> None:
     arrived: list[float] = []
     legacy = fakes.upstream("legacy", behaviour(arrived))
+    # `timeouts.total` well above the bound on the exit below: a proxy that waited it out
+    # on an idle connection fails that bound by 40 s, a loaded machine does not reach it.
     proxy = await start_proxy(
-        f"http://127.0.0.1:{closed_port()}", legacy.url, "--grace", str(GRACE)
+        f"http://127.0.0.1:{closed_port()}",
+        legacy.url,
+        "--grace",
+        str(GRACE),
+        timeouts={"total": TOTAL},
     )
     assert proxy.proc is not None
 
@@ -133,7 +144,7 @@ async def test_sigterm_under_load_drains_in_flight_and_drops_nothing_during_grac
 
     proxy.signal(signal.SIGTERM)
     sigterm = time.monotonic()
-    code = await asyncio.to_thread(proxy.proc.wait, 30)
+    code = await asyncio.to_thread(proxy.proc.wait, TOTAL + 10)
     exited = time.monotonic()
     stop.set()
     with contextlib.suppress(TimeoutError):
@@ -148,5 +159,5 @@ async def test_sigterm_under_load_drains_in_flight_and_drops_nothing_during_grac
     assert early_failures == [], early_failures[:5]
     assert len(during_grace) > 20, "the load did not keep running through the grace"
     took = exited - sigterm
-    assert took < GRACE + SLOW_SECONDS + 5, f"exit {took:.1f} s after SIGTERM:\n{proxy.logs()}"
+    assert took < EXIT_WITHIN, f"exit {took:.1f} s after SIGTERM:\n{proxy.logs()}"
     assert "Traceback" not in proxy.logs()
