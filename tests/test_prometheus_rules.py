@@ -25,7 +25,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "rollout-proxy.json"
 
 def promtool() -> str:
     path = shutil.which("promtool")
-    assert path, "promtool not found: install the Debian package `prometheus` (.ci/run does)"
+    assert path, "promtool not found: install the Debian package `prometheus` (scripts/test does)"
     return path
 
 
