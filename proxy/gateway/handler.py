@@ -106,13 +106,13 @@ async def _proxy(
         response: UpstreamResponse | None = None
         error: UpstreamError | None = None
         for side in _ATTEMPTS[decision.side]:
+            upstream = config.upstreams.of(side)
+            sent = loop.time()
             until = deadline
             if side is Side.SIGNAL and body.buffered:
                 # `timeouts.signal` runs from "request sent"; a streamed upload may take
                 # long to send, so it gets the total budget (it cannot be replayed anyway).
-                until = min(loop.time() + config.timeouts.signal, deadline)
-            upstream = config.upstreams.of(side)
-            sent = loop.time()
+                until = min(sent + config.timeouts.signal, deadline)
             try:
                 response = await send(
                     runtime.pool(upstream),
