@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.support import HOST, ProxyProcess, config_dict, write_config
-
-UpstreamFactory = Callable[[web.Application], Awaitable[TestServer]]
+from tests.support import HOST, ProxyProcess, UpstreamFactory, write_config
 
 
 @pytest.fixture
@@ -24,10 +22,6 @@ async def upstream(aiohttp_server: Any) -> UpstreamFactory:
         return server
 
     return start
-
-
-def server_url(server: TestServer) -> str:
-    return f"http://{HOST}:{server.port}"
 
 
 @pytest.fixture
@@ -44,6 +38,3 @@ def serve_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
     yield start
     for proc in started:
         proc.stop()
-
-
-__all__ = ["config_dict", "server_url"]

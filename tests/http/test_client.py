@@ -14,7 +14,7 @@ import pytest
 
 from proxy.errors import UpstreamResetError, UpstreamTimeoutError
 from proxy.http import client as upstream
-from tests.support_wire import MockTransport, connect, settle
+from tests.support.wire import MockTransport, connect, settle
 
 GET_HEAD = b"GET /a HTTP/1.1\r\nHost: up\r\n\r\n"
 

@@ -15,7 +15,7 @@ import pytest
 
 from proxy.errors import ClientGoneError
 from proxy.http import server
-from tests.support_wire import MockTransport, connect, settle
+from tests.support.wire import MockTransport, connect, settle
 
 Handler = Callable[[server.Request], Awaitable[None]]
 Connect = Callable[..., tuple[server.HttpConnection, MockTransport]]

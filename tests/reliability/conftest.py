@@ -8,28 +8,21 @@ of the run, so those two minutes overlap the rest of the suite instead of adding
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.reliability.fakes import FakeLoop, closed_port
-from tests.reliability.slowloris import SLOWLORIS_TESTS, BigAnswers, SlowClients
-from tests.support import ProxyProcess, config_dict, write_config
-
-# A short drain keeps teardown fast; the shutdown tests pass their own `--grace`.
-FAST_STOP = ("--grace", "0.1")
+from tests.support import ProxyProcess, config_dict
+from tests.support.fakes import FakeLoop, closed_port
+from tests.support.reliability import CALL_FAILED, FAST_STOP, StartProxy, shared_proxy
+from tests.support.slowloris import SLOWLORIS_TESTS, BigAnswers, SlowClients
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "slow: a reliability test that runs for many seconds (load, leaks, timeouts)"
     )
-
-
-CALL_FAILED = pytest.StashKey[bool]()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -52,9 +45,6 @@ def fakes() -> Iterator[FakeLoop]:
         yield loop
 
 
-StartProxy = Callable[..., Any]
-
-
 @pytest.fixture
 def start_proxy(serve_proxy: Callable[..., ProxyProcess]) -> StartProxy:
     """`await start_proxy(signal_url, legacy_url, *serve_args, **config_sections)`."""
@@ -64,29 +54,6 @@ def start_proxy(serve_proxy: Callable[..., ProxyProcess]) -> StartProxy:
         return await asyncio.to_thread(serve_proxy, data, *(args or FAST_STOP))
 
     return start
-
-
-@contextlib.contextmanager
-def running_cleanly(request: pytest.FixtureRequest, proxy: ProxyProcess) -> Iterator[None]:
-    """Around one test on a shared proxy: still running after it, and no traceback logged
-    meanwhile (unless the test failed already: its own assertion says more)."""
-    logged_before = len(proxy.logs())
-    yield
-    assert proxy.proc is not None
-    assert proxy.proc.poll() is None, proxy.logs()
-    if not request.node.stash.get(CALL_FAILED, False):
-        assert "Traceback" not in proxy.logs()[logged_before:]
-
-
-@contextlib.contextmanager
-def shared_proxy(directory: Path, data: dict[str, Any], *args: str) -> Iterator[ProxyProcess]:
-    """A proxy for a module- or session-scoped fixture, stopped on exit."""
-    path = write_config(directory / "rollout.yaml", data)
-    proxy = ProxyProcess(path, data, directory / "rollout.log")
-    try:
-        yield proxy.start(*(args or FAST_STOP))
-    finally:
-        proxy.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -18,16 +18,16 @@ import pytest
 import yaml
 
 from proxy.config.load import parse_config
-from tests.reliability.conftest import FAST_STOP, StartProxy
-from tests.reliability.fakes import (
+from tests.support import HOST, ProxyProcess, free_port, raw_request
+from tests.support.fakes import (
     FakeLoop,
     reset_before_headers,
     reset_mid_body,
     scripted,
     status,
 )
-from tests.reliability.probes import listening_ips, read_to_end
-from tests.support import HOST, ProxyProcess, free_port, raw_request
+from tests.support.probes import listening_ips, read_to_end
+from tests.support.reliability import FAST_STOP, StartProxy
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from tests.reliability.conftest import StartProxy, running_cleanly, shared_proxy
-from tests.reliability.fakes import (
+from tests.support import ProxyProcess, config_dict
+from tests.support.fakes import (
     FakeLoop,
     RawUpstream,
     answer,
@@ -28,7 +28,7 @@ from tests.reliability.fakes import (
     slow,
     status,
 )
-from tests.support import ProxyProcess, config_dict
+from tests.support.reliability import StartProxy, running_cleanly, shared_proxy
 
 pytestmark = pytest.mark.e2e
 

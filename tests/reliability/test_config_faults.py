@@ -20,9 +20,9 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.reliability.conftest import StartProxy
-from tests.reliability.fakes import FakeLoop
 from tests.support import ProxyProcess, metric_value
+from tests.support.fakes import FakeLoop
+from tests.support.reliability import StartProxy
 
 pytestmark = pytest.mark.e2e
 

@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.reliability.conftest import StartProxy, running_cleanly, shared_proxy
-from tests.reliability.fakes import (
+from tests.support import ProxyProcess, config_dict
+from tests.support.fakes import (
     BigBody,
     FakeLoop,
     RawUpstream,
@@ -38,8 +38,8 @@ from tests.reliability.fakes import (
     status,
     stream_body,
 )
-from tests.reliability.probes import http_request, read_to_end
-from tests.support import ProxyProcess, config_dict
+from tests.support.probes import http_request, read_to_end
+from tests.support.reliability import StartProxy, running_cleanly, shared_proxy
 
 pytestmark = pytest.mark.e2e
 

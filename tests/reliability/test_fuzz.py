@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.rollout.routing import bucket
-from tests.reliability.conftest import StartProxy
-from tests.reliability.fakes import FakeLoop, RawUpstream, Seen
 from tests.support import HOST, ProxyProcess
+from tests.support.fakes import FakeLoop, RawUpstream, Seen
+from tests.support.reliability import StartProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

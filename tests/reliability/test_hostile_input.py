@@ -18,10 +18,10 @@ import aiohttp
 import pytest
 
 from proxy.rollout.routing import bucket
-from tests.reliability.conftest import running_cleanly, shared_proxy
-from tests.reliability.fakes import FakeLoop, RawUpstream, Seen, raw_header, scripted
-from tests.reliability.probes import http_request, read_to_end
 from tests.support import ProxyProcess, config_dict, metric_value, raw_request
+from tests.support.fakes import FakeLoop, RawUpstream, Seen, raw_header, scripted
+from tests.support.probes import http_request, read_to_end
+from tests.support.reliability import running_cleanly, shared_proxy
 
 pytestmark = pytest.mark.e2e
 

@@ -21,8 +21,8 @@ import aiohttp
 import pytest
 
 from proxy.gateway.state import UPSTREAM_KEEPALIVE_SECONDS
-from tests.reliability.conftest import StartProxy
-from tests.reliability.fakes import (
+from tests.support import HOST, ProxyProcess, metric_value
+from tests.support.fakes import (
     FakeLoop,
     answer,
     closed_port,
@@ -32,8 +32,8 @@ from tests.reliability.fakes import (
     slow,
     status,
 )
-from tests.reliability.probes import fd_count, upstream_sockets
-from tests.support import HOST, ProxyProcess, metric_value
+from tests.support.probes import fd_count, upstream_sockets
+from tests.support.reliability import StartProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -24,9 +24,9 @@ import pytest
 import yaml
 
 from proxy.rollout.routing import bucket
-from tests.reliability.conftest import StartProxy
-from tests.reliability.fakes import FakeLoop, reset_before_headers, scripted, status
 from tests.support import HOST, ProxyProcess, read_response
+from tests.support.fakes import FakeLoop, reset_before_headers, scripted, status
+from tests.support.reliability import StartProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

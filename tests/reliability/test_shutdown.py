@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from tests.reliability.conftest import StartProxy
-from tests.reliability.fakes import Behaviour, Exchange, FakeLoop, closed_port
 from tests.support import HOST, ProxyProcess, read_response
+from tests.support.fakes import Behaviour, Exchange, FakeLoop, closed_port
+from tests.support.reliability import StartProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -1,6 +1,6 @@
 """Slowloris: a client must not hold a connection open for ever by sending nothing useful.
 
-The public server (`proxy/server.py`) closes a connection that has not completed a
+The public server (`proxy/http/server.py`) closes a connection that has not completed a
 request head (or sent a new one after its last answer) within the keep-alive time, 75 s,
 as nginx does. (With aiohttp's server this was a defect found here: its low-level
 server's own default was 3630 s.) Anything past `LIMIT` (two minutes) is reported as a
@@ -15,7 +15,7 @@ import asyncio
 
 import pytest
 
-from tests.reliability.slowloris import LIMIT, SlowClient, SlowClients
+from tests.support.slowloris import LIMIT, SlowClient, SlowClients
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
