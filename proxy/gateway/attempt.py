@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from proxy.config.values import Upstream
 from proxy.gateway.headers import request_head
 from proxy.http.client import Pool, UpstreamResponse, translate_errors
-from proxy.http.server import IncomingBody, Request
+from proxy.http.request import IncomingBody, Request
 
 # Methods whose empty body is still announced with `Content-Length: 0` (RFC 9110 8.6).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import NamedTuple
 
 from proxy.config.values import Config
 from proxy.errors import CLIENT_GONE, ClientGoneError, FailureReason, UpstreamError
@@ -21,7 +20,7 @@ from proxy.gateway.attempt import read_body, send
 from proxy.gateway.relay import Exchange, Relay, respond_error
 from proxy.gateway.state import Runtime
 from proxy.http.client import UpstreamResponse
-from proxy.http.server import Handler, Request
+from proxy.http.request import Handler, Request
 from proxy.rollout.fallback import attempt_failure, fallback_reason
 from proxy.rollout.routing import Decision, Side, choose_upstream, find_session_id, mint_session_id
 
@@ -31,11 +30,8 @@ _ALLOW = [("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")]
 _ATTEMPTS = {Side.SIGNAL: (Side.SIGNAL, Side.LEGACY), Side.LEGACY: (Side.LEGACY,)}
 
 
-class Outcome(NamedTuple):
-    """What a request ended as, for metrics: who served it and with which status."""
-
-    side: Side
-    code: int
+# What a request ended as, for metrics: who served it and with which status.
+Outcome = tuple[Side, int]
 
 
 def make_handler(runtime: Runtime, relay: Relay) -> Handler:
@@ -72,19 +68,14 @@ async def _handle(
     metrics = runtime.metrics
     metrics.routed(decision.side, decision.reason)
     runtime.request_started()
-    outcome = None
+    outcome: Outcome | None = None
     try:
         outcome = await _proxy(request, runtime, relay, loop, config, decision, minted, started)
     finally:
         runtime.request_finished()
         if outcome is not None:
-            metrics.answered(
-                outcome.side,
-                decision.feature,
-                request.method,
-                outcome.code,
-                loop.time() - started,
-            )
+            side, code = outcome
+            metrics.answered(side, decision.feature, request.method, code, loop.time() - started)
 
 
 async def _proxy(
@@ -142,13 +133,13 @@ async def _proxy(
         if response is None:
             assert error is not None
             respond_error(request, error, fallback)
-            return Outcome(side, error.status)
+            return side, error.status
         exchange = Exchange(
             request, config, decision, side, fallback, body, minted, response, deadline
         )
-        return Outcome(side, await relay(exchange, request))
+        return side, await relay(exchange, request)
     except ClientGoneError:
         # The client left while sending its body or receiving the answer: not the
         # upstream's fault, not counted against it, and nobody to answer.
         request.abort()
-        return Outcome(side, CLIENT_GONE)
+        return side, CLIENT_GONE

@@ -15,7 +15,7 @@ import httptools
 from proxy.config.values import Upstream
 from proxy.errors import FailureReason
 from proxy.http.client import build_head
-from proxy.http.server import Request
+from proxy.http.request import Request
 from proxy.rollout.routing import Side
 
 UPSTREAM_HEADER = "X-Rollout-Upstream"

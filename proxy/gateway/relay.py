@@ -22,7 +22,7 @@ from proxy.gateway.headers import (
     forwardable_head,
 )
 from proxy.http.client import UpstreamResponse, translate_errors
-from proxy.http.server import Request
+from proxy.http.request import Request
 from proxy.rollout.routing import Decision, Side
 
 log = logging.getLogger("rollout.gateway")
@@ -39,7 +39,7 @@ _ERROR_MESSAGES = {
 
 
 class Sink(Protocol):
-    """Where a response is written: `proxy.http.server.Request`'s response half."""
+    """Where a response is written: `proxy.http.request.Request`'s response half."""
 
     @property
     def started(self) -> bool: ...

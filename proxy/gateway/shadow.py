@@ -15,7 +15,7 @@ import collections
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from proxy.config.values import Config, ShadowConfig, Upstream
@@ -165,15 +165,20 @@ class Shadow:
 def mirrored(relay: Relay, shadow: Shadow, pool_for: PoolFor, count: Count) -> Relay:
     """`relay`, plus a shadow comparison of the requests it samples."""
 
-    async def relay_and_mirror(exchange: Exchange, sink: Sink) -> int:
+    def relay_and_mirror(exchange: Exchange, sink: Sink) -> Awaitable[int]:
         config = exchange.config
-        if not (
+        if (
             config.shadow.enabled
             and exchange.decision.side is Side.LEGACY
             and exchange.body.buffered
             and shadow.sampled(config.shadow, exchange.request.method)
         ):
-            return await relay(exchange, sink)
+            return relay_teed(exchange, sink)
+        # Not sampled: the relay's own coroutine, no frame of ours around it (hot path).
+        return relay(exchange, sink)
+
+    async def relay_teed(exchange: Exchange, sink: Sink) -> int:
+        config = exchange.config
         tee = Tee(sink, config.fallback.max_body_bytes)
         status = await relay(exchange, tee)
         if tee.complete:

@@ -119,13 +119,11 @@ class Runtime:
         return self.guard.window if side is Side.SIGNAL else self.legacy_window
 
     def observe(self, side: Side, failure: FailureReason | None, seconds: float) -> None:
-        """One attempt's outcome: the windows, the guard, the upstream error metric."""
-        self.record_attempt(side, ok=failure is None, seconds=seconds)
+        """One attempt's outcome: the upstream error metric, the windows; signal's also
+        feed the guard."""
+        ok = failure is None
         if failure is not None:
             self.metrics.upstream_error(side, failure)
-
-    def record_attempt(self, side: Side, *, ok: bool, seconds: float) -> None:
-        """Feed the per-upstream windows; signal attempts also feed the guard."""
         if side is Side.LEGACY:
             self.legacy_window.record(ok=ok, latency_ms=seconds * 1000)
             return

@@ -15,6 +15,7 @@ import pytest
 
 from proxy.errors import ClientGoneError
 from proxy.http import server
+from proxy.http.request import BODY_HIGH_WATER
 from tests.support.wire import MockTransport, connect, settle
 
 Handler = Callable[[server.Request], Awaitable[None]]
@@ -488,7 +489,7 @@ async def test_large_unread_body_pauses_reading(serve: Connect) -> None:
         await body_echo(request)
 
     conn, transport = serve(handler)
-    size = server.BODY_HIGH_WATER + 1
+    size = BODY_HIGH_WATER + 1
     conn.data_received(b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % size)
     conn.data_received(b"x" * size)
     assert transport.reading_paused
