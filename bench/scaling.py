@@ -282,7 +282,7 @@ def report(samples: list[Sample], metrics: list[dict[str, Any]], budget: float) 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget", type=float, default=50.0, help="% of a core per process")
+    parser.add_argument("--budget", type=float, default=50.0, help="%% of a core per process")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0)
