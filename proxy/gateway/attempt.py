@@ -106,7 +106,8 @@ async def send(
     Raises `UpstreamError` when the attempt fails, `ClientGoneError` when the client
     leaves during a streamed upload.
     """
-    head, chunked = upstream_head(request, upstream, body, extra)
+    line, chunked = framing(request.method, body)
+    head = request_head(request, upstream, line, extra)
     sending = pool.request(
         request.method,
         head,

@@ -93,11 +93,12 @@ async def _proxy(
         body = await read_body(request, config.fallback.max_body_bytes)
         extra = {config.session.header: minted} if minted else None
         deadline = started + config.timeouts.total
+        upstreams = config.upstreams
         fallback: FailureReason | None = None
         response: UpstreamResponse | None = None
         error: UpstreamError | None = None
         for side in _ATTEMPTS[decision.side]:
-            upstream = config.upstreams.of(side)
+            upstream = upstreams.signal if side is Side.SIGNAL else upstreams.legacy
             sent = loop.time()
             until = deadline
             if side is Side.SIGNAL and body.buffered:
