@@ -234,10 +234,11 @@ def _build_timeouts(s: Section) -> Timeouts:
         connect=s.get("connect", float, d.connect, _seconds),
         signal=s.get("signal", float, d.signal, _seconds),
         total=s.get("total", float, d.total, _seconds),
+        idle=s.get("idle", float, d.idle, _seconds),
     )
     if value.signal > value.total:
         s.error("signal", f"{format_value(value.signal)} exceeds timeouts.total")
-    s.finish(("connect", "signal", "total"))
+    s.finish(("connect", "signal", "total", "idle"))
     return value
 
 

@@ -61,7 +61,8 @@ class Upstreams:
 class Timeouts:
     connect: float = 1.0
     signal: float = 5.0
-    total: float = 30.0
+    total: float = 30.0  # request start -> response headers sent, fallback included
+    idle: float = 60.0  # once a body streams: the longest silence between two bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,9 +135,7 @@ async def _proxy(
             assert error is not None
             respond_error(request, error, fallback)
             return side, error.status
-        exchange = Exchange(
-            request, config, decision, side, fallback, body, minted, response, deadline
-        )
+        exchange = Exchange(request, config, decision, side, fallback, body, minted, response)
         return side, await relay(exchange, request)
     except ClientGoneError:
         # The client left while sending its body or receiving the answer: not the

@@ -27,8 +27,9 @@ from proxy.rollout.routing import Decision, Side
 
 log = logging.getLogger("rollout.gateway")
 
-# An upstream body of at most this size, declared by Content-Length, is read whole and
-# sent with the headers in one write; larger or unsized bodies are streamed.
+# An upstream body of at most this size, declared by Content-Length, that is already
+# whole in the read buffer with its headers goes out in one write with them; every other
+# body is streamed as it arrives (nothing waits for a body).
 SMALL_BODY = 64 * 1024
 
 _ERROR_MESSAGES = {
@@ -40,9 +41,6 @@ _ERROR_MESSAGES = {
 
 class Sink(Protocol):
     """Where a response is written: `proxy.http.request.Request`'s response half."""
-
-    @property
-    def started(self) -> bool: ...
 
     def respond(
         self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes = b""
@@ -77,7 +75,6 @@ class Exchange(NamedTuple):
     body: RequestBody
     minted: str | None  # a session id the proxy made up for this request
     response: UpstreamResponse
-    deadline: float
 
 
 # Writes the exchange's answer to the sink; returns the status the client was given.
@@ -107,23 +104,20 @@ async def relay_response(exchange: Exchange, sink: Sink) -> int:
             sink.respond(status, reason, client_response_headers(response.headers) + added, body)
         return status
     headers = client_response_headers(response.headers) + added
+    # Once the head is out, only silence bounds the body (`timeouts.idle`), never its
+    # length in time: an event stream or a long poll lasts as long as it keeps sending.
+    idle = exchange.config.timeouts.idle
+    loop = asyncio.get_running_loop()
     try:
-        with translate_errors(exchange.side.value, timeout="body too slow"):
-            async with asyncio.timeout_at(exchange.deadline):
-                if small:
-                    body = await response.read()
-                    response.release()
-                    sink.respond(status, reason, headers, body)
-                    return status
-                sink.start(status, reason, headers, length)
+        with translate_errors(exchange.side.value, timeout=f"no byte in {idle:g} s"):
+            sink.start(status, reason, headers, length)
+            async with asyncio.timeout(idle) as silence:
                 async for chunk in response.iter_chunks():
                     await sink.write(chunk)
+                    silence.reschedule(loop.time() + idle)
     except UpstreamError as err:
         response.close()
-        if not sink.started:
-            respond_error(sink, err, exchange.fallback)
-            return err.status
-        # Headers are gone already: closing without the final chunk (or short of
+        # The head is gone already: closing without the final chunk (or short of
         # Content-Length) is how HTTP tells the client the body is incomplete.
         log.warning("aborting the client response: %s mid-body", err)
         sink.abort()

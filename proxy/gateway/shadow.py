@@ -203,10 +203,6 @@ class Tee:
         self.complete = False  # the whole answer reached the client
 
     @property
-    def started(self) -> bool:
-        return self._sink.started
-
-    @property
     def body(self) -> bytes | None:
         return None if self.overflow else b"".join(self._chunks)
 

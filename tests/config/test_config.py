@@ -87,6 +87,7 @@ def test_minimal_config_gets_spec_defaults() -> None:
     assert (c.listen.host, c.listen.port) == ("0.0.0.0", 8080)
     assert (c.admin.host, c.admin.port, c.admin.token) == ("127.0.0.1", 9180, None)
     assert (c.timeouts.connect, c.timeouts.signal, c.timeouts.total) == (1.0, 5.0, 30.0)
+    assert c.timeouts.idle == 60.0
     assert c.session.header == "X-Session-Id"
     assert c.session.cookie == "session_id"
     assert c.session.set_cookie is True
@@ -262,6 +263,8 @@ INVALID = [
     # other range checks
     ("port-too-big", "listen: {port: 70000}\n", "listen.port", "70000"),
     ("timeout-zero", "timeouts: {connect: 0}\n", "timeouts.connect", "0"),
+    ("idle-zero", "timeouts: {idle: 0}\n", "timeouts.idle", "0"),
+    ("idle-as-string", "timeouts: {idle: forever}\n", "timeouts.idle", "'forever'"),
     ("signal-over-total", "timeouts: {signal: 40}\n", "timeouts.signal", "40"),
     ("ratio-over-one", "guard: {max_error_rate: 5}\n", "guard.max_error_rate", "5"),
     ("status-out-of-range", "fallback: {statuses: [700]}\n", "fallback.statuses[0]", "700"),
