@@ -48,10 +48,6 @@ class Sink(Protocol):
 
     def respond_head(self, status: int, reason: str, head: bytes, body: bytes) -> None: ...
 
-    def respond_json(
-        self, status: int, document: object, headers: list[tuple[str, str]] | None = None
-    ) -> None: ...
-
     def start(
         self, status: int, reason: str, headers: list[tuple[str, str]], length: int | None
     ) -> None: ...
@@ -132,10 +128,12 @@ async def relay_response(exchange: Exchange, sink: Sink) -> int:
     return status
 
 
-def respond_error(sink: Sink, err: UpstreamError, fallback: FailureReason | None = None) -> None:
+def respond_error(
+    request: Request, err: UpstreamError, fallback: FailureReason | None = None
+) -> None:
     """The proxy's own answer for a failed attempt (SPEC 4): JSON, 502 or 504."""
     headers = [(UPSTREAM_HEADER, err.upstream)]
     if fallback is not None:
         headers.append((FALLBACK_HEADER, fallback.value))
     message = _ERROR_MESSAGES.get(err.reason, "upstream failed")
-    sink.respond_json(err.status, {"error": message, "upstream": err.upstream}, headers)
+    request.respond_json(err.status, {"error": message, "upstream": err.upstream}, headers)

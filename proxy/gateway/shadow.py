@@ -228,12 +228,6 @@ class Tee:
         self._keep(body)
         self.complete = True
 
-    def respond_json(
-        self, status: int, document: object, headers: list[tuple[str, str]] | None = None
-    ) -> None:
-        # The proxy's own error answer, not legacy's: nothing to compare.
-        self._sink.respond_json(status, document, headers)
-
     def start(
         self, status: int, reason: str, headers: list[tuple[str, str]], length: int | None
     ) -> None:
