@@ -49,14 +49,16 @@ class RequestBody:
 NO_BODY = RequestBody(None, [], None, None)
 
 
-async def read_body(request: Request, max_buffered: int) -> RequestBody:
+async def read_body(request: Request, max_buffered: int, idle: float) -> RequestBody:
     """Buffer up to `max_buffered` bytes so the request can be replayed; stream beyond.
 
-    Raises `ClientGoneError` if the client leaves before its body is in.
+    Raises `ClientGoneError` if the client leaves before its body is in, or is silent
+    for `idle` seconds while sending it (buffered or streamed).
     """
     stream = request.body
     if stream is None:
         return NO_BODY
+    stream.idle = idle
     length = request.content_length
     if length is not None and length > max_buffered:
         return RequestBody(None, [], stream, length)

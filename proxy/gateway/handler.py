@@ -97,7 +97,7 @@ async def _proxy(
         if refused is not None:
             return side, refused
     try:
-        body = await read_body(request, config.fallback.max_body_bytes)
+        body = await read_body(request, config.fallback.max_body_bytes, config.timeouts.idle)
         extra = {config.session.header: minted} if minted else None
         deadline = started + config.timeouts.total
         upstreams = config.upstreams

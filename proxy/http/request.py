@@ -89,10 +89,22 @@ class RequestHeaders:
 class IncomingBody:
     """The request body as it arrives; reading it applies backpressure to the client."""
 
-    __slots__ = ("_chunks", "_conn", "_error", "_size", "_waiter", "complete", "expect_continue")
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_error",
+        "_size",
+        "_waiter",
+        "complete",
+        "expect_continue",
+        "idle",
+    )
 
     def __init__(self, conn: Channel, expect_continue: bool) -> None:
         self._conn = conn
+        # The longest wait for the next byte (`timeouts.idle`), set by whoever reads:
+        # a client that stops sending half way does not hold its request for ever.
+        self.idle: float | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -116,6 +128,9 @@ class IncomingBody:
             self._error = error
             self._wake()
 
+    def _silent(self) -> None:
+        self.fail(ClientGoneError(f"no request body byte in {self.idle:g} s"))
+
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -130,9 +145,15 @@ class IncomingBody:
                 return b""
             if self._error is not None:
                 raise self._error
-            self._waiter = self._conn.loop.create_future()
-            await self._waiter
-            self._waiter = None
+            loop = self._conn.loop
+            waiter = self._waiter = loop.create_future()
+            timer = None if self.idle is None else loop.call_later(self.idle, self._silent)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
         chunk = self._chunks.popleft()
         self._size -= len(chunk)
         if self._size < BODY_LOW_WATER:

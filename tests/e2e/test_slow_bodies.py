@@ -121,3 +121,48 @@ async def test_a_silent_stream_is_cut_after_timeouts_idle(
         with pytest.raises(aiohttp.ClientPayloadError):
             await asyncio.wait_for(resp.read(), BOUND)
     assert "no byte in 1 s" in proxy.logs()
+
+
+def counting() -> tuple[web.Application, list[bytes]]:
+    """An upstream that keeps every request body it receives whole."""
+    bodies: list[bytes] = []
+
+    async def keep(request: web.Request) -> web.Response:
+        bodies.append(await request.read())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/upload", keep)
+    return app, bodies
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["buffered", "streamed"])
+async def test_a_client_silent_mid_upload_is_closed_after_timeouts_idle(
+    upstream: UpstreamFactory, serve_proxy: ServeProxy, streamed: bool
+) -> None:
+    app, bodies = counting()
+    legacy = await upstream(app)
+    # `max_body_bytes: 4` makes the 100-byte body a streamed one (it goes upstream as it
+    # comes); with the default it is buffered for replay and nothing is sent yet.
+    fallback = {"max_body_bytes": 4} if streamed else {}
+    data = config_dict(
+        server_url(legacy),
+        server_url(legacy),
+        timeouts={"idle": 1.0, "total": 60.0},  # longer than BOUND: only idle can end it
+        fallback=fallback,
+    )
+    proxy = await asyncio.to_thread(serve_proxy, data)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nX-Session-Id: alice\r\n"
+            b"Content-Length: 100\r\n\r\n" + b"x" * 10
+        )
+        await writer.drain()
+        # The client never sends the other 90 bytes: the proxy closes the connection
+        # (long before `timeouts.total`; the bound only stops a hang).
+        assert await asyncio.wait_for(reader.read(), BOUND) == b""
+    finally:
+        writer.close()
+    # The upstream got no complete body: nothing half-sent was taken for a request.
+    assert bodies == []
