@@ -107,6 +107,7 @@ def status_document(runtime: Runtime) -> StatusDocument:
         "upstreams": {
             side.value: {
                 "url": config.upstreams.of(side).url,
+                "upgraded": runtime.upgrades.count(side),
                 **runtime.window(side).stats().as_dict(),
             }
             for side in Side

@@ -15,6 +15,7 @@ from proxy.rollout.window import WindowFigures
 
 class UpstreamStatus(WindowFigures):
     url: str
+    upgraded: int  # upgraded (WebSocket) connections open now
 
 
 class LastReload(TypedDict):
