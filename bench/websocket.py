@@ -40,6 +40,7 @@ from typing import Any
 
 import nginx
 import websockets
+import yaml
 from procs import CLK_TCK, CoreTime, Processes, Service, cpu_ticks, tree_pids
 from results import log_problems
 from rounds import fmt, fmt_ratio, markdown, median, paired_ratio, rotated, spread_pct
@@ -151,16 +152,21 @@ def start_all(procs: Processes, args: argparse.Namespace) -> tuple[dict[str, int
     if "rollout" in args.configs:
         build = RolloutCommand.prepare(tmp, "rollout", args.rollout_rev, args.rollout_src)
         args.notes.append(f"rollout: {build.source}")
+        overrides: dict[str, dict[str, Any]] = {
+            "rollout": {"percentage": 0},
+            "timeouts": {"idle": 3600, "total": 3600},
+            "guard": {"enabled": False},
+        }
+        # The `upgrade` section (SPEC 12) only where the checkout's config has one: a
+        # build from before it would reject the key.
+        if "upgrade" in yaml.safe_load((ROOT / "config" / "rollout.yaml").read_text()):
+            overrides["upgrade"] = {"enabled": True, "idle_timeout": 3600}
         config = rollout_config(
             tmp,
             {**ports, "signal": ports["echo"], "legacy": ports["echo"]},
             "rollout",
             "admin",
-            overrides={
-                "rollout": {"percentage": 0},
-                "timeouts": {"idle": 3600, "total": 3600},
-                "guard": {"enabled": False},
-            },
+            overrides=overrides,
         )
         argv = [*build.argv, "serve", "-c", str(config), "--grace", "0"]
         service = procs.start("rollout", argv, tmp / "rollout.log", args.cpus, build.env)
