@@ -26,7 +26,9 @@ from proxy.gateway.relay import relay_response
 from proxy.gateway.reload import POLL_INTERVAL, reload_now, watch
 from proxy.gateway.shadow import mirrored
 from proxy.gateway.state import ConfigStore, Runtime
+from proxy.gateway.upgrade import switching
 from proxy.http.server import HttpServer
+from proxy.http.tunnel import CLOSE_GRACE
 
 log = logging.getLogger("rollout")
 
@@ -89,7 +91,10 @@ async def serve(
     runtime = build_runtime(path, config)
     # A connection that has not completed a request head within this time is closed:
     # idle keep-alive clients and slowloris alike (75 s, as nginx and aiohttp's run_app).
-    relay = mirrored(relay_response, runtime.shadow, runtime.pool, runtime.metrics.shadow_result)
+    relay = switching(
+        mirrored(relay_response, runtime.shadow, runtime.pool, runtime.metrics.shadow_result),
+        runtime.upgrades,
+    )
     public = HttpServer(make_handler(runtime, relay), keepalive=KEEPALIVE_SECONDS)
     admin_runner = web.AppRunner(create_admin_app(runtime), access_log=None)
     await admin_runner.setup()
@@ -143,8 +148,12 @@ async def _serve_until_stopped(
     log.info("shutting down: not ready now, closing the listener in %.1f s", grace)
     await asyncio.sleep(grace)
     public.stop_listening()  # no new connections; idle ones closed
+    if upgraded := runtime.upgrades.close_all():  # close code 1001, going away
+        log.info("closing %d upgraded connections", upgraded)
     if not await runtime.wait_idle(config.timeouts.total + 1):
         log.warning("%d requests still in flight after the drain timeout", runtime.active)
+    await runtime.upgrades.wait_closed(CLOSE_GRACE)
+    runtime.upgrades.abort_all()
     public.close_all()
     await admin_runner.cleanup()
     log.info("stopped")

@@ -31,6 +31,7 @@ from proxy.config.values import (
     SessionConfig,
     ShadowConfig,
     Timeouts,
+    UpgradeConfig,
     Upstream,
     Upstreams,
     format_value,
@@ -173,6 +174,7 @@ def _build_config(root: Section) -> Config | None:
         guard=_build_guard(root.section("guard")),
         promotion=_build_promotion(root.section("promotion")),
         shadow=_build_shadow(root.section("shadow")),
+        upgrade=_build_upgrade(root.section("upgrade")),
     )
     root.finish(tuple(f.name for f in fields(Config)))
     return config
@@ -373,4 +375,16 @@ def _build_shadow(s: Section) -> ShadowConfig:
             "keep_diffs",
         )
     )
+    return value
+
+
+def _build_upgrade(s: Section) -> UpgradeConfig:
+    d = UpgradeConfig()
+    value = UpgradeConfig(
+        enabled=s.get("enabled", bool, d.enabled),
+        idle_timeout=s.get("idle_timeout", float, d.idle_timeout, _seconds),
+        max_connections=s.get("max_connections", int, d.max_connections, _at_least_one),
+        drain_on_rollback=s.get("drain_on_rollback", bool, d.drain_on_rollback),
+    )
+    s.finish(("enabled", "idle_timeout", "max_connections", "drain_on_rollback"))
     return value

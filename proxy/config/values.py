@@ -124,6 +124,14 @@ class ShadowConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UpgradeConfig:
+    enabled: bool = True  # false: upgrade handshakes are answered 501
+    idle_timeout: float = 300.0  # no byte either way for this long: both sides closed
+    max_connections: int = 10000  # open upgraded connections per process; beyond: 503
+    drain_on_rollback: bool = True  # close a connection whose session routing moved away
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     upstreams: Upstreams
     listen: Listener = Listener("0.0.0.0", 8080)
@@ -135,6 +143,7 @@ class Config:
     guard: GuardConfig = GuardConfig()
     promotion: PromotionConfig = PromotionConfig()
     shadow: ShadowConfig = ShadowConfig()
+    upgrade: UpgradeConfig = UpgradeConfig()
 
     def feature_percentages(self) -> dict[str, float]:
         """Configured percentage per feature, `default` being the global one."""

@@ -115,6 +115,7 @@ async def send(
         chunked=chunked,
         connect_timeout=connect_timeout,
         deadline=deadline,
+        upgrade=bool(request.upgrade),
     )
     if body.stream is None:
         return await sending

@@ -70,7 +70,9 @@ async def _handle(
     runtime.request_started()
     outcome: Outcome | None = None
     try:
-        outcome = await _proxy(request, runtime, relay, loop, config, decision, minted, started)
+        outcome = await _proxy(
+            request, runtime, relay, loop, config, decision, session_id, minted, started
+        )
     finally:
         runtime.request_finished()
         if outcome is not None:
@@ -85,10 +87,15 @@ async def _proxy(
     loop: asyncio.AbstractEventLoop,
     config: Config,
     decision: Decision,
+    session_id: str | None,
     minted: str | None,
     started: float,
 ) -> Outcome:
     side = decision.side
+    if request.upgrade is not None:
+        refused = runtime.upgrades.refusal(config.upgrade, request, side)
+        if refused is not None:
+            return side, refused
     try:
         body = await read_body(request, config.fallback.max_body_bytes)
         extra = {config.session.header: minted} if minted else None
@@ -134,8 +141,12 @@ async def _proxy(
         if response is None:
             assert error is not None
             respond_error(request, error, fallback)
+            if request.upgrade is not None:
+                runtime.upgrades.counted(side, "error")
             return side, error.status
-        exchange = Exchange(request, config, decision, side, fallback, body, minted, response)
+        exchange = Exchange(
+            request, config, decision, side, fallback, body, minted, response, session_id
+        )
         return side, await relay(exchange, request)
     except ClientGoneError:
         # The client left while sending its body or receiving the answer: not the

@@ -84,6 +84,10 @@ def request_head(
     out.append(("Host", upstream.authority))
     if extra:
         out.extend(extra.items())
+    if request.upgrade:
+        # The one request whose `Upgrade` goes on (SPEC 12): the handshake, hop by hop.
+        out.append(("Connection", "upgrade"))
+        out.append(("Upgrade", request.upgrade))
     return build_head(request.method, upstream_target(request), out, framing)
 
 
@@ -142,6 +146,21 @@ def added_headers(
     if minted:
         added.append(("Set-Cookie", f"{cookie}={minted}; HttpOnly; Path=/; SameSite=Lax"))
     return added
+
+
+def switch_headers(
+    upstream_headers: list[tuple[str, str]], added: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The headers of a `101 Switching Protocols` for the client: the upstream's
+    end-to-end ones (`Sec-WebSocket-Accept`, `-Protocol`, `-Extensions` ...), the
+    protocol switched to, and what the proxy adds."""
+    upgrade = ", ".join(value for name, value in upstream_headers if name.lower() == "upgrade")
+    return [
+        *client_response_headers(upstream_headers),
+        ("Connection", "Upgrade"),
+        ("Upgrade", upgrade),
+        *added,
+    ]
 
 
 def _connection_tokens(values: Iterable[str]) -> set[str]:

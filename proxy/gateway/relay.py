@@ -71,6 +71,7 @@ class Exchange(NamedTuple):
     body: RequestBody
     minted: str | None  # a session id the proxy made up for this request
     response: UpstreamResponse
+    session_id: str | None = None  # what routed it (in memory only: never logged)
 
 
 # Writes the exchange's answer to the sink; returns the status the client was given.

@@ -170,6 +170,7 @@ def mirrored(relay: Relay, shadow: Shadow, pool_for: PoolFor, count: Count) -> R
         if (
             config.shadow.enabled
             and exchange.decision.side is Side.LEGACY
+            and exchange.request.upgrade is None  # a handshake is never replayed
             and exchange.body.buffered
             and shadow.sampled(config.shadow, exchange.request.method)
         ):

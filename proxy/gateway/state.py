@@ -16,6 +16,7 @@ from aiohttp import web
 from proxy.config.values import Config, Upstream
 from proxy.errors import FailureReason
 from proxy.gateway.shadow import Shadow
+from proxy.gateway.upgrade import Upgrades
 from proxy.http.client import Pool
 from proxy.rollout.guard import Guard
 from proxy.rollout.routing import Side
@@ -48,6 +49,7 @@ class Runtime:
     metrics: Metrics
     guard: Guard
     legacy_window: Window
+    upgrades: Upgrades
     pools: dict[str, Pool] = field(default_factory=dict)
     shadow: Shadow = field(default_factory=Shadow)
     draining: bool = False
@@ -58,11 +60,13 @@ class Runtime:
     @classmethod
     def create(cls, store: ConfigStore, version: str) -> Runtime:
         config = store.config
+        metrics = Metrics(version)
         runtime = cls(
             store=store,
-            metrics=Metrics(version),
+            metrics=metrics,
             guard=Guard(config.guard),
             legacy_window=Window(config.guard.window_seconds),
+            upgrades=Upgrades(metrics),
         )
         runtime.metrics.apply_config(config, guard_tripped=False)
         runtime.metrics.count_in_flight(lambda: runtime.active)
@@ -135,6 +139,7 @@ class Runtime:
                 trip.reason,
             )
             self.metrics.apply_config(self.store.config, guard_tripped=True)
+            self.upgrades.drain_moved(self.store.config, guard_tripped=True)
 
     def config_applied(self, config: Config) -> None:
         """After a reload was applied: re-arm a tripped guard, refresh gauges."""
@@ -149,6 +154,7 @@ class Runtime:
             self.legacy_window = Window(config.guard.window_seconds)
         self.shadow.configure(config.shadow)
         self.metrics.apply_config(config, guard_tripped=self.guard_tripped())
+        self.upgrades.drain_moved(config, guard_tripped=self.guard_tripped())
 
     def reset_guard(self) -> bool:
         """POST /-/guard/reset; returns whether it was tripped."""

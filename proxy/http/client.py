@@ -114,6 +114,15 @@ class UpstreamResponse:
         """The whole body if it has already arrived (no need to wait), else None."""
         return self._conn.take_complete_body()
 
+    @property
+    def switched(self) -> bool:
+        """The upstream switched protocols (a 101 to an upgrade request)."""
+        return self._conn._upgraded is not None
+
+    def detach(self) -> tuple[asyncio.Transport, bytes]:
+        """Take the connection for the new protocol: transport and its first bytes."""
+        return self._conn.detach()
+
     def release(self) -> None:
         """Done with this response: pool the connection if the body was read to its end."""
         self._conn.finish()
@@ -152,6 +161,8 @@ class Connection(WriteFlow, asyncio.Protocol):
         self._error: Exception | None = None
         self._got_bytes = False
         self._interim = False
+        self._upgrading = False  # the request asks to switch protocols
+        self._upgraded: bytes | None = None  # after a 101: the new protocol's first bytes
 
     # --- asyncio.Protocol ------------------------------------------------------------
 
@@ -172,8 +183,15 @@ class Connection(WriteFlow, asyncio.Protocol):
                 return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(UpstreamResetError(self._pool.name, "upstream switched protocols"))
+        except httptools.HttpParserUpgrade as exc:
+            if not (self._upgrading and self._status == 101):
+                self._fail(UpstreamResetError(self._pool.name, "upstream switched protocols"))
+                return
+            # Switched: what follows the head is the new protocol's, for the tunnel.
+            self._upgraded = data[exc.args[0] :] if exc.args else b""
+            self.closed = True  # never pooled again
+            if self.transport is not None:
+                self.transport.pause_reading()
         except httptools.HttpParserError as exc:
             # An error raised in our own callback comes back as the context.
             cause = exc.__context__
@@ -182,6 +200,8 @@ class Connection(WriteFlow, asyncio.Protocol):
             self._fail(cause)
 
     def eof_received(self) -> bool | None:
+        if self._upgraded is not None:
+            return True  # half-closed before the tunnel took over: the tunnel sees it
         self._on_eof()
         return None
 
@@ -212,6 +232,8 @@ class Connection(WriteFlow, asyncio.Protocol):
             self._interim = True
             self._raw = raw[end + 4 :]
             return
+        if status == 101 and not self._upgrading:
+            raise UpstreamResetError(self._pool.name, "upstream switched protocols unasked")
         self._head = head
         self._status = status
         # Asked now: llhttp forgets the connection's keep-alive state once the message ends.
@@ -276,9 +298,11 @@ class Connection(WriteFlow, asyncio.Protocol):
         body: bytes | AsyncIterator[bytes] | None,
         chunked: bool,
         deadline: float,
+        upgrade: bool = False,
     ) -> UpstreamResponse:
         assert self.transport is not None
         self._reset_exchange()
+        self._upgrading = upgrade
         self.used = True
         self._head_only = method == "HEAD"
         self._head_waiter = self._loop.create_future()
@@ -331,6 +355,13 @@ class Connection(WriteFlow, asyncio.Protocol):
             self._body_waiter = self._loop.create_future()
             await self._body_waiter
             self._body_waiter = None
+
+    def detach(self) -> tuple[asyncio.Transport, bytes]:
+        """After a 101: the transport (reading paused) and the bytes that followed."""
+        assert self.transport is not None
+        assert self._upgraded is not None
+        rest, self._upgraded = self._upgraded, b""
+        return self.transport, rest
 
     def finish(self) -> None:
         if self._complete and not self._chunks and self._reusable():
@@ -417,6 +448,7 @@ class Pool:
         chunked: bool,
         connect_timeout: float,
         deadline: float,
+        upgrade: bool = False,
     ) -> UpstreamResponse:
         """Send on an idle pooled connection, or a new one; the response headers by
         `deadline`. A cancelled or failed exchange leaves its connection in an unknown
@@ -424,7 +456,7 @@ class Pool:
         conn = self._take_idle()
         if conn is not None:
             try:
-                return await conn.exchange(method, head, body, chunked, deadline)
+                return await conn.exchange(method, head, body, chunked, deadline, upgrade)
             except UpstreamResetError:
                 conn.abort()
                 # A pooled connection the upstream had already closed: nothing of this
@@ -441,7 +473,7 @@ class Pool:
             raise UpstreamTimeoutError(self.name, "no response in time")
         conn = await self._connect(min(connect_timeout, remaining))
         try:
-            return await conn.exchange(method, head, body, chunked, deadline)
+            return await conn.exchange(method, head, body, chunked, deadline, upgrade)
         except BaseException:
             conn.abort()
             raise

@@ -41,11 +41,14 @@ class Channel(Protocol):
 
     def response_done(self, request: Request) -> None: ...
 
+    def detach(self) -> tuple[asyncio.Transport, bytes]: ...
+
     def abort(self) -> None: ...
 
 
 REASONS = {
     100: "Continue",
+    101: "Switching Protocols",
     200: "OK",
     400: "Bad Request",
     405: "Method Not Allowed",
@@ -53,7 +56,9 @@ REASONS = {
     431: "Request Header Fields Too Large",
     499: "Client Closed Request",
     500: "Internal Server Error",
+    501: "Not Implemented",
     502: "Bad Gateway",
+    503: "Service Unavailable",
     504: "Gateway Timeout",
 }
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -155,6 +160,7 @@ class Request:
         "peer",
         "started",
         "target",
+        "upgrade",
         "version",
     )
 
@@ -168,6 +174,7 @@ class Request:
         keep_alive: bool,
         body: IncomingBody | None,
         content_length: int | None,
+        upgrade: str | None = None,
     ) -> None:
         self._conn = conn
         self.method = method
@@ -177,6 +184,9 @@ class Request:
         self.keep_alive = keep_alive
         self.body = body
         self.content_length = content_length
+        # An upgrade request (RFC 9110 7.8): its `Upgrade` value ("websocket"); "" when it
+        # cannot be relayed (it has a body); None for every other request.
+        self.upgrade = upgrade
         self.peer = conn.peer
         self.started = False  # the response head has been written
         self.finished = False  # the whole response has been written
@@ -256,6 +266,18 @@ class Request:
             self._conn.write(b"0\r\n\r\n")
         self.finished = True
         self._conn.response_done(self)
+
+    def switch_protocols(
+        self, reason: str, headers: list[tuple[str, str]]
+    ) -> tuple[asyncio.Transport, bytes]:
+        """Answer `101` with `headers` (which carry `Connection` and `Upgrade`) and hand
+        over the connection: its transport and the bytes the client sent after its head."""
+        lines = [f"HTTP/1.1 101 {reason}"]
+        lines.extend(f"{name}: {value}" for name, value in headers)
+        self._conn.write(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape"))
+        self.started = self.finished = True
+        self.keep_alive = False
+        return self._conn.detach()
 
     def abort(self) -> None:
         """Drop the connection: how HTTP tells the client its response is incomplete."""

@@ -66,6 +66,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None  # a strong reference while it runs
         self._parsing: IncomingBody | None = None  # body still arriving
         self._stopped = False  # no further request is read (error, upgrade, close)
+        self._upgraded: bytes | None = None  # what followed an upgrade request's head
         self._reading_paused = False
         self._held = False  # a pipelined request waits for the client to read
         self._write_paused_since = 0.0
@@ -110,9 +111,11 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
                 log.error("error parsing a request from %s", self.peer, exc_info=cause)
                 cause = _Rejected(500, "internal error")
             self._reject(cause)
-        except httptools.HttpParserUpgrade:
-            # CONNECT or `Upgrade:`: the request is answered (CONNECT with 405, others as
-            # plain requests, `Upgrade` being hop-by-hop), then the connection closes.
+        except httptools.HttpParserUpgrade as exc:
+            # CONNECT or an upgrade request: llhttp stops at the end of its head. What
+            # follows belongs to the new protocol, kept for the tunnel if the handler
+            # switches (`detach`); otherwise the connection closes after the answer.
+            self._upgraded = data[exc.args[0] :] if exc.args else b""
             self._stop_reading()
         except httptools.HttpParserError as exc:
             detail = str(exc).split(":", 1)[0] or type(exc).__name__
@@ -171,6 +174,11 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         length_header = headers.get("content-length")
         length = int(length_header) if length_header is not None else None
         has_body = bool(length) or headers.get("transfer-encoding") is not None
+        # An upgrade's bytes after the head are the new protocol's, so an upgrade request
+        # with a body is not one we can relay (llhttp does not parse that body).
+        upgrade = None
+        if parser.should_upgrade() and method != "CONNECT":
+            upgrade = ", ".join(headers.getall("upgrade")) if not has_body else ""
         body = None
         if has_body:
             expect = (headers.get("expect") or "").lower() == "100-continue"
@@ -181,9 +189,12 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             self._url.decode("utf-8", "surrogateescape"),
             version,
             headers,
-            parser.should_keep_alive(),
+            # After an upgrade request llhttp reads no further request: answered other
+            # than by a switch, the connection closes, and the answer says so.
+            parser.should_keep_alive() and upgrade is None,
             body,
             length,
+            upgrade,
         )
         self._in_head = False
         self._head_bytes = 0
@@ -312,6 +323,20 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
                 self._close()
                 return
         self._timer = self._loop.call_later(wait, self._check_idle)
+
+    def detach(self) -> tuple[asyncio.Transport, bytes]:
+        """Give up the connection to a new protocol after `101 Switching Protocols`: its
+        transport (reading paused) and the bytes that came after the request's head."""
+        assert self.transport is not None
+        self._stopped = True
+        self.pause_reading()
+        self._server.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._current = None
+        self._task = None
+        rest, self._upgraded = self._upgraded or b"", None
+        return self.transport, rest
 
     def close_if_idle(self) -> None:
         if self._current is None and not self._queue:

@@ -15,11 +15,15 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy.config.values import DEFAULT_FEATURE, Config
 from proxy.errors import FailureReason
+from proxy.rollout.drain import DrainReason
 from proxy.rollout.routing import Reason, Side
 
 # 0.2 s and 0.5 s are the promotion and rollback P95 criteria: they must be bucket edges
 # so histogram_quantile() is exact at the thresholds that matter.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+UPGRADE_RESULTS = ("switched", "refused", "error", "limit")
+DRAIN_REASONS = tuple(reason.value for reason in DrainReason)
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -116,6 +120,31 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.upgraded = Gauge(
+            "rollout_upgraded_connections",
+            "Upgraded (WebSocket) connections open now, by upstream.",
+            ["upstream"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.upgrades = Counter(
+            "rollout_upgrades_total",
+            "Upgrade handshakes, by upstream and result (switched, refused, error, limit).",
+            ["upstream", "result"],
+            registry=r,
+        )
+        self.upgraded_bytes = Counter(
+            "rollout_upgraded_bytes_total",
+            "Bytes relayed over upgraded connections, by upstream and direction.",
+            ["upstream", "direction"],
+            registry=r,
+        )
+        self.upgraded_drained = Counter(
+            "rollout_upgraded_drained_total",
+            "Upgraded connections closed by the proxy, by reason.",
+            ["reason"],
+            registry=r,
+        )
         # Updated per request only where it cannot be read at scrape time (multiprocess
         # mode keeps gauge values in files); see `count_in_flight`.
         self.in_flight_per_request = self.exposition is not r
@@ -138,6 +167,14 @@ class Metrics:
                 self.routing.labels(upstream=side.value, reason=reason.value)
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
+        for side in Side:
+            self.upgraded.labels(upstream=side.value)
+            for result in UPGRADE_RESULTS:
+                self.upgrades.labels(upstream=side.value, result=result)
+            for direction in ("upstream", "downstream"):
+                self.upgraded_bytes.labels(upstream=side.value, direction=direction)
+        for drained in DRAIN_REASONS:
+            self.upgraded_drained.labels(reason=drained)
 
     # --- the hot path: label children looked up once, then reused -----------------------
     # prometheus_client's labels() validates and hashes its arguments on every call
@@ -209,4 +246,11 @@ class Metrics:
         self.guard_tripped.set(1 if guard_tripped else 0)
 
 
-__all__ = ["DEFAULT_FEATURE", "LATENCY_BUCKETS", "Metrics", "method_label"]
+__all__ = [
+    "DEFAULT_FEATURE",
+    "DRAIN_REASONS",
+    "LATENCY_BUCKETS",
+    "UPGRADE_RESULTS",
+    "Metrics",
+    "method_label",
+]

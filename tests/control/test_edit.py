@@ -199,7 +199,7 @@ def test_missing_rollout_section_is_created_with_two_lines() -> None:
     assert "rollout" not in yaml.safe_load(before)
     after = set_value(before, ("rollout", "emergency"), True)
     assert inserted_lines(before, after) == ["rollout:\n", "  emergency: true\n"]
-    assert after.endswith("  enabled: false\nrollout:\n  emergency: true\n")
+    assert after == before + "rollout:\n  emergency: true\n"  # appended at the end
     assert parse_config(after).rollout.emergency is True
 
 

@@ -499,3 +499,50 @@ async def test_interim_100_then_final_answer(pool: upstream.Pool) -> None:
     response = await task
     assert response.status == 201
     assert await response.read() == b""
+
+
+# --- a switch of protocols (SPEC 12) --------------------------------------------------
+
+UPGRADE_HEAD = b"GET /ws HTTP/1.1\r\nHost: up\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+SWITCHED = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+
+
+@pytest.mark.parametrize("split", [False, True])
+async def test_a_101_to_an_upgrade_hands_over_the_connection(
+    pool: upstream.Pool, split: bool
+) -> None:
+    conn, transport = connected(pool)
+    task = asyncio.create_task(conn.exchange("GET", UPGRADE_HEAD, None, False, deadline(), True))
+    await settle()
+    assert transport.written == UPGRADE_HEAD
+    first_frame = b"\x81\x02hi"
+    if split:
+        conn.data_received(SWITCHED[:20])
+        conn.data_received(SWITCHED[20:] + first_frame)
+    else:
+        conn.data_received(SWITCHED + first_frame)
+    response = await task
+    assert (response.status, response.switched) == (101, True)
+    assert ("Upgrade", "websocket") in response.headers
+    assert transport.reading_paused  # nothing read until the tunnel takes it
+    assert response.detach() == (transport, first_frame)
+    response.release()
+    assert pool._take_idle() is None  # never pooled
+
+
+async def test_a_101_to_a_plain_request_is_a_reset(pool: upstream.Pool) -> None:
+    conn, _ = connected(pool)
+    task = await exchange_task(conn)
+    conn.data_received(SWITCHED)
+    with pytest.raises(UpstreamResetError, match="switched protocols"):
+        await task
+
+
+async def test_a_refused_upgrade_is_a_normal_response(pool: upstream.Pool) -> None:
+    conn, _ = connected(pool)
+    task = asyncio.create_task(conn.exchange("GET", UPGRADE_HEAD, None, False, deadline(), True))
+    await settle()
+    conn.data_received(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno")
+    response = await task
+    assert (response.status, response.switched) == (403, False)
+    assert await response.read() == b"no"

@@ -752,3 +752,63 @@ async def test_answers_not_read_abort_the_connection(serve: Connect) -> None:
     conn._write_paused_since -= 31
     conn._check_idle()
     assert transport.aborted
+
+
+# --- an upgrade (SPEC 12) ---------------------------------------------------------------
+
+UPGRADE = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+
+
+async def test_an_upgrade_request_is_handed_over_after_the_101(serve: Connect) -> None:
+    handed: list[tuple[asyncio.Transport, bytes]] = []
+
+    async def switch(request: server.Request) -> None:
+        assert request.upgrade == "websocket"
+        handed.append(
+            request.switch_protocols(
+                "Switching Protocols", [("Connection", "Upgrade"), ("Upgrade", "websocket")]
+            )
+        )
+
+    conn, transport = serve(switch)
+    conn.data_received(UPGRADE + b"\x81\x82abcdXY")  # a frame sent right after the head
+    await settle(lambda: bool(handed))
+    assert transport.written == (
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    assert handed == [(transport, b"\x81\x82abcdXY")]
+    assert transport.reading_paused  # until the new protocol reads
+    assert not transport.closed
+    assert conn not in conn._server.connections  # a shutdown no longer closes it as HTTP
+
+
+async def test_an_upgrade_answered_normally_then_closes(serve: Connect) -> None:
+    seen = Recorder()
+    conn, transport = serve(seen)
+    conn.data_received(UPGRADE)
+    await settle(lambda: transport.closed)
+    assert seen.seen[0].upgrade == "websocket"
+    assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Connection: close\r\n" in transport.written
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "upgrade"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n", None),  # not asked
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n"
+            b"Content-Length: 3\r\n\r\nabc",
+            "",  # with a body: not one the proxy can relay
+        ),
+    ],
+    ids=["upgrade-without-connection", "upgrade-with-body"],
+)
+async def test_what_counts_as_an_upgrade(
+    serve: Connect, request_bytes: bytes, upgrade: str | None
+) -> None:
+    seen = Recorder()
+    conn, transport = serve(seen)
+    conn.data_received(request_bytes)
+    await settle(lambda: bool(transport.written))
+    assert seen.seen[0].upgrade == upgrade

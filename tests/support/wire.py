@@ -31,6 +31,9 @@ class MockTransport(asyncio.Transport):
         self.reading_paused = False
         self.pause_count = 0
         self.resume_count = 0
+        self.eof_written = False
+        self.half_close = True  # can_write_eof(): False as for a TLS transport
+        self.protocol: asyncio.BaseProtocol | None = None
         self._peername = peername
 
     # --- what the protocol calls ------------------------------------------------------
@@ -69,6 +72,19 @@ class MockTransport(asyncio.Transport):
     def is_reading(self) -> bool:
         return not self.reading_paused
 
+    def can_write_eof(self) -> bool:
+        return self.half_close
+
+    def write_eof(self) -> None:
+        self.eof_written = True
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self.protocol is not None
+        return self.protocol
+
     # --- for assertions ----------------------------------------------------------------
 
     @property
@@ -85,6 +101,7 @@ class MockTransport(asyncio.Transport):
 def connect(protocol: asyncio.Protocol, transport: MockTransport | None = None) -> MockTransport:
     """`connection_made` with a fresh (or the given) `MockTransport`; returns it."""
     transport = transport if transport is not None else MockTransport()
+    transport.protocol = protocol
     protocol.connection_made(transport)
     return transport
 
