@@ -1,4 +1,7 @@
-"""nginx configurations for the benchmark: the fixed-body upstreams and the reference proxy.
+"""nginx configurations for the benchmarks: upstreams and the reference proxies.
+
+`run.py` uses the fixed-body upstreams and the `split_clients` reference; `stream.py` the
+file server and the streaming proxy; `websocket.py` the WebSocket proxy.
 
 Everything nginx writes (pid, error log, temp directories) lives under the prefix the
 benchmark passes with `nginx -p PREFIX -c CONF`, so nothing under /etc is touched and no
@@ -129,6 +132,87 @@ http {{
             proxy_pass http://$backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def file_server_conf(prefix: Path, *, port: int, root: Path) -> str:
+    """Static files from `root` (the stream benchmark's body): sendfile, so serving costs
+    the upstream next to nothing."""
+    return f"""\
+{_preamble(prefix, "files")}
+http {{
+{_http_common(prefix, "files")}
+    sendfile on;
+    tcp_nopush on;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {root};
+        default_type application/octet-stream;
+    }}
+}}
+"""
+
+
+def stream_proxy_conf(prefix: Path, *, servers: dict[int, str], upstream_port: int) -> str:
+    """nginx in front of one upstream: one server per listen port in `servers`, each with
+    its own extra directives (`proxy_buffering off;` ...), otherwise nginx's defaults.
+
+    With buffering off nginx writes what it read at once, through one `proxy_buffer_size`
+    buffer (one memory page by default); with it on (the default) it reads ahead into
+    `proxy_buffers` and spills into a temp file under the prefix.
+    """
+    blocks = "".join(
+        f"""
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://body;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_read_timeout 3600s;
+            proxy_send_timeout 3600s;
+            {directives}
+        }}
+    }}
+"""
+        for port, directives in servers.items()
+    )
+    return f"""\
+{_preamble(prefix, "stream")}
+http {{
+{_http_common(prefix, "stream")}
+    upstream body {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 16;
+    }}
+{blocks}}}
+"""
+
+
+def websocket_proxy_conf(prefix: Path, *, listen_port: int, upstream_port: int) -> str:
+    """nginx's documented WebSocket proxying: HTTP/1.1 upstream, Upgrade and Connection
+    passed on, then nginx relays bytes both ways."""
+    return f"""\
+{_preamble(prefix, "websocket")}
+http {{
+{_http_common(prefix, "websocket")}
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        "" close;
+    }}
+
+    server {{
+        listen 127.0.0.1:{listen_port} backlog=4096;
+        location / {{
+            proxy_pass http://127.0.0.1:{upstream_port};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_read_timeout 3600s;
+            proxy_send_timeout 3600s;
         }}
     }}
 }}

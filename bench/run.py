@@ -217,8 +217,17 @@ class Setup:
     notes: list[str] = field(default_factory=list)
 
 
-def rollout_config(tmp: Path, ports: dict[str, int], name: str, admin: str) -> Path:
-    """config/rollout.yaml with loopback ports; guard on (the default), percentage 10."""
+def rollout_config(
+    tmp: Path,
+    ports: dict[str, int],
+    name: str,
+    admin: str,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """config/rollout.yaml with loopback ports; guard on (the default), percentage 10.
+
+    `overrides` updates sections key by key (`{"timeouts": {"idle": 3600}}`), last.
+    """
     doc = yaml.safe_load((ROOT / "config" / "rollout.yaml").read_text())
     doc["listen"] = {"host": "127.0.0.1", "port": ports[name]}
     doc["admin"] = {**doc.get("admin", {}), "host": "127.0.0.1", "port": ports[admin]}
@@ -228,6 +237,8 @@ def rollout_config(tmp: Path, ports: dict[str, int], name: str, admin: str) -> P
     }
     doc.setdefault("rollout", {})["percentage"] = 10
     doc.setdefault("guard", {})["enabled"] = True
+    for section, values in (overrides or {}).items():
+        doc.setdefault(section, {}).update(values)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
