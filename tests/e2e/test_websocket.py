@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from http.cookies import SimpleCookie
 from typing import Any
@@ -24,6 +25,7 @@ from websockets.exceptions import InvalidStatus
 from proxy.rollout.routing import bucket
 from tests.support import HOST, ProxyProcess, config_dict, free_port
 from tests.support.admin import (
+    admin_status,
     apply_config,
     metric_sum,
     scrape,
@@ -36,6 +38,8 @@ from tests.support.websocket import (
     closed_with,
     echo,
     expected_side,
+    raw_websocket,
+    sessions_in,
     side_of,
     websocket_upstream,
     ws_clients,
@@ -350,3 +354,197 @@ async def test_idle_connection_is_closed_and_a_busy_one_is_not(
         await assert_echoes(busy, "legacy")
     [peer] = leg.peers_of("silent")
     await asyncio.wait_for(peer.closed.wait(), WAIT)  # the upstream side closed too
+
+
+# --- 9. drain when routing moves a session -------------------------------------------------
+
+
+async def test_emergency_closes_signals_connections_with_1012_and_leaves_legacys(
+    sides: Callable[..., Any], serve_proxy: ServeProxy
+) -> None:
+    sig, leg = await sides()
+    proxy = await start_proxy(serve_proxy, sig.url, leg.url, rollout={"percentage": 50})
+    on_signal = sessions_in(0, 5000, 3, prefix="em")
+    on_legacy = sessions_in(5000, 10000, 3, prefix="em")
+    async with ws_clients(proxy) as open_ws:
+        signal_ws = [await open_ws(sid) for sid in on_signal]
+        legacy_ws = [await open_ws(sid) for sid in on_legacy]
+        assert [side_of(ws) for ws in signal_ws] == ["signal"] * 3
+        assert [side_of(ws) for ws in legacy_ws] == ["legacy"] * 3
+
+        await apply_config(proxy, with_rollout(proxy, emergency=True))
+        for ws in signal_ws:
+            assert await closed_with(ws) == (SERVICE_RESTART, "emergency")
+        for ws in legacy_ws:
+            await assert_echoes(ws, "legacy")
+        for sid in on_signal:  # the upstream side was closed too
+            await asyncio.wait_for(sig.peers_of(sid)[0].closed.wait(), WAIT)
+        # The reconnect lands where routing now says.
+        await assert_echoes(await open_ws(on_signal[0]), "legacy")
+        text = await scrape(proxy)
+        assert metric_sum(text, "rollout_upgraded_drained_total", reason="emergency") == 3
+        assert metric_sum(text, "rollout_upgraded_connections", upstream="signal") == 0
+
+
+async def test_a_lowered_percentage_closes_exactly_the_sessions_it_moves(
+    sides: Callable[..., Any], serve_proxy: ServeProxy
+) -> None:
+    sig, leg = await sides()
+    proxy = await start_proxy(serve_proxy, sig.url, leg.url, rollout={"percentage": 80})
+    staying = sessions_in(0, 3000, 3, prefix="rb")  # signal at 80 % and at 30 %
+    moving = sessions_in(3000, 8000, 3, prefix="rb")  # signal at 80 %, legacy at 30 %
+    legacy = sessions_in(8000, 10000, 2, prefix="rb")
+    async with ws_clients(proxy) as open_ws:
+        staying_ws = [await open_ws(sid) for sid in staying]
+        moving_ws = [await open_ws(sid) for sid in moving]
+        legacy_ws = [await open_ws(sid) for sid in legacy]
+        assert [side_of(ws) for ws in staying_ws + moving_ws] == ["signal"] * 6
+
+        await apply_config(proxy, with_rollout(proxy, percentage=30))
+        for ws in moving_ws:
+            assert await closed_with(ws) == (SERVICE_RESTART, "rollback")
+        for ws in staying_ws:
+            await assert_echoes(ws, "signal")
+        for ws in legacy_ws:
+            await assert_echoes(ws, "legacy")
+        assert metric_sum(await scrape(proxy), "rollout_upgraded_drained_total") == 3
+
+        # Raising the percentage never cuts a connection (legacy's stay on legacy).
+        await apply_config(proxy, with_rollout(proxy, percentage=100))
+        for ws in staying_ws:
+            await assert_echoes(ws, "signal")
+        for ws in legacy_ws:
+            await assert_echoes(ws, "legacy")
+        text = await scrape(proxy)
+        assert metric_sum(text, "rollout_upgraded_drained_total", reason="rollback") == 3
+        assert metric_sum(text, "rollout_upgraded_drained_total") == 3
+        assert metric_sum(text, "rollout_upgraded_connections") == 5
+
+
+async def test_drain_on_rollback_false_closes_nothing_on_emergency(
+    sides: Callable[..., Any], serve_proxy: ServeProxy
+) -> None:
+    sig, leg = await sides()
+    proxy = await start_proxy(
+        serve_proxy,
+        sig.url,
+        leg.url,
+        rollout={"percentage": 100},
+        upgrade={"drain_on_rollback": False},
+    )
+    async with ws_clients(proxy) as open_ws:
+        kept = [await open_ws(sid) for sid in ("alice", "bob", "carol")]
+        await apply_config(proxy, with_rollout(proxy, emergency=True))
+        for ws in kept:
+            await assert_echoes(ws, "signal")  # still on the side chosen at its handshake
+        await assert_echoes(await open_ws("alice"), "legacy")  # new ones follow routing
+        text = await scrape(proxy)
+        assert metric_sum(text, "rollout_upgraded_drained_total") == 0
+        assert metric_sum(text, "rollout_upgraded_connections", upstream="signal") == 3
+
+
+# --- 10. SIGTERM -------------------------------------------------------------------------
+
+
+async def test_sigterm_closes_upgraded_connections_with_1001_and_exits_0(
+    sides: Callable[..., Any], serve_proxy: ServeProxy
+) -> None:
+    sig, leg = await sides()
+    proxy = await start_proxy(serve_proxy, sig.url, leg.url, rollout={"percentage": 50})
+    async with ws_clients(proxy) as open_ws:
+        clients = [await open_ws(sid) for sid in ("bob", "alice")]  # signal, legacy
+        assert [side_of(ws) for ws in clients] == ["signal", "legacy"]
+        # One client that never answers a close frame: the proxy waits for it, so the
+        # admin listener is still up to be read after the close frames went out.
+        raw = await raw_websocket(proxy.port, "qa-tester-1")
+        try:
+            assert raw.status == 101
+            proxy.signal(signal.SIGTERM)
+            for ws in clients:
+                assert await closed_with(ws) == (GOING_AWAY, "shutdown")
+            assert await raw.read_close() == (GOING_AWAY, "shutdown")
+            text = await scrape(proxy)
+            assert metric_sum(text, "rollout_upgraded_drained_total", reason="shutdown") == 3
+        finally:
+            await raw.aclose()
+    assert proxy.proc is not None
+    assert await asyncio.to_thread(proxy.proc.wait, 30) == 0
+    assert "closing 3 upgraded connections" in proxy.logs()
+
+
+# --- 11. metrics -------------------------------------------------------------------------
+
+
+async def test_upgraded_connections_are_counted(
+    sides: Callable[..., Any], serve_proxy: ServeProxy
+) -> None:
+    sig, leg = await sides()
+    proxy = await start_proxy(serve_proxy, sig.url, leg.url, rollout={"percentage": 50})
+    up_payload = down_payload = 0
+    async with ws_clients(proxy) as open_ws:
+        # No compression: the bytes on the wire are at least the payloads.
+        ws = await open_ws("bob", compression=None)
+        other = await open_ws("alice", compression=None)
+        text = await scrape(proxy)
+        assert metric_sum(text, "rollout_upgraded_connections", upstream="signal") == 1
+        assert metric_sum(text, "rollout_upgraded_connections", upstream="legacy") == 1
+        for size in (10, 1000, 100_000):
+            payload = os.urandom(size)
+            reply = await echo(ws, payload)
+            up_payload += size
+            down_payload += len(reply)
+        await ws.close()
+        await wait_for_metric(proxy, 0, "rollout_upgraded_connections", upstream="signal")
+        text = await scrape(proxy)
+        assert metric_sum(text, "rollout_upgraded_connections", upstream="legacy") == 1
+        await other.close()
+    await wait_for_metric(proxy, 0, "rollout_upgraded_connections")
+    text = await scrape(proxy)
+    for side in ("signal", "legacy"):
+        assert metric_sum(text, "rollout_upgrades_total", upstream=side, result="switched") == 1
+        assert (
+            metric_sum(text, "rollout_requests_total", upstream=side, method="GET", code="101") == 1
+        )
+    bytes_total = "rollout_upgraded_bytes_total"
+    assert metric_sum(text, bytes_total, upstream="signal", direction="upstream") >= up_payload
+    assert metric_sum(text, bytes_total, upstream="signal", direction="downstream") >= down_payload
+    assert metric_sum(text, bytes_total, upstream="legacy", direction="upstream") > 0  # its close
+    assert metric_sum(text, bytes_total, upstream="legacy") < 1000  # only the closing handshake
+
+
+# --- 12. the guard -----------------------------------------------------------------------
+
+
+async def test_failing_handshakes_trip_the_guard_which_drains_signal_connections(
+    sides: Callable[..., Any], serve_proxy: ServeProxy
+) -> None:
+    sig, leg = await sides(signal_refuse=lambda path: 500 if path == "/fail" else None)
+    min_requests = 5
+    proxy = await start_proxy(
+        serve_proxy,
+        sig.url,
+        leg.url,
+        rollout={"percentage": 100},
+        guard={"enabled": True, "min_requests": min_requests, "window_seconds": 60},
+    )
+    async with ws_clients(proxy) as open_ws:
+        kept = await open_ws("bob")  # one good handshake: signal
+        assert side_of(kept) == "signal"
+        fallbacks = []
+        for n in range(min_requests + 2):
+            ws = await open_ws(f"guard-{n}", path="/fail")
+            assert side_of(ws) == "legacy"
+            assert ws.response is not None
+            fallbacks.append(ws.response.headers.get("X-Rollout-Fallback"))
+            await ws.close()
+        # Handshakes 2..5 failed on signal and fell back; then the guard had tripped and
+        # routed the rest straight to legacy.
+        assert fallbacks == ["status"] * (min_requests - 1) + [None] * 3
+        assert sig.handshakes == min_requests
+        doc = await admin_status(proxy)
+        assert doc["guard"]["tripped"] is True
+        assert doc["guard"]["figures"]["requests"] == min_requests
+        assert await closed_with(kept) == (SERVICE_RESTART, "guard")
+        text = await scrape(proxy)
+        assert metric_sum(text, "rollout_guard_tripped") == 1
+        assert metric_sum(text, "rollout_upgraded_drained_total", reason="guard") == 1
