@@ -119,7 +119,9 @@ async def test_websockets_client_exchange_passes_through_untouched(
         assert side_of(ws) == "legacy"
         await ws.send("!close 4001 asked")
         assert await closed_with(ws) == (4001, "asked")
-    assert leg.peers_of("bob")[0].close_code == 4001  # its own close, answered
+    [peer] = leg.peers_of("bob")
+    await asyncio.wait_for(peer.closed.wait(), WAIT)
+    assert peer.close_code == 4001  # its own close, answered by the client through us
 
 
 async def test_aiohttp_client_exchange(sides: Callable[..., Any], serve_proxy: ServeProxy) -> None:
@@ -371,6 +373,8 @@ async def test_emergency_closes_signals_connections_with_1012_and_leaves_legacys
         legacy_ws = [await open_ws(sid) for sid in on_legacy]
         assert [side_of(ws) for ws in signal_ws] == ["signal"] * 3
         assert [side_of(ws) for ws in legacy_ws] == ["legacy"] * 3
+        for ws in signal_ws:
+            await assert_echoes(ws, "signal")
 
         await apply_config(proxy, with_rollout(proxy, emergency=True))
         for ws in signal_ws:
