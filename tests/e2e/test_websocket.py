@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from http.cookies import SimpleCookie
 from typing import Any
@@ -492,6 +494,17 @@ async def test_upgraded_connections_are_counted(
         text = await scrape(proxy)
         assert metric_sum(text, "rollout_upgraded_connections", upstream="signal") == 1
         assert metric_sum(text, "rollout_upgraded_connections", upstream="legacy") == 1
+        status = await admin_status(proxy)
+        assert [status["upstreams"][s]["upgraded"] for s in ("signal", "legacy")] == [1, 1]
+        cli = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "proxy", "status", "-c", str(proxy.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert "websockets   signal 1 open, legacy 1 open" in cli.stdout
         for size in (10, 1000, 100_000):
             payload = os.urandom(size)
             reply = await echo(ws, payload)
