@@ -23,7 +23,10 @@ def sockets_on(pid: int, port: int, state: str) -> int:
     """Sockets of process `pid` on local `port` in TCP `state` (01 established, 0A listen)."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:
+            continue  # closed while listed: a connection the worker just finished
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     count = 0
