@@ -21,7 +21,7 @@ GET_HEAD = b"GET /a HTTP/1.1\r\nHost: up\r\n\r\n"
 
 @pytest.fixture
 async def pool() -> AsyncIterator[upstream.Pool]:
-    p = upstream.Pool("legacy", "127.0.0.1", 9, tls=False, keepalive_timeout=30.0)
+    p = upstream.Pool("legacy", "127.0.0.1", 9, keepalive_timeout=30.0)
     yield p
     p.close()
 
