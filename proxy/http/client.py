@@ -152,6 +152,7 @@ class Connection(WriteFlow, asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.used = False
+        self.reused = False  # has been in the pool: its handshake is long confirmed
         self.idle_since = 0.0
         self._reset_exchange()
 
@@ -217,6 +218,13 @@ class Connection(WriteFlow, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if isinstance(exc, ssl.SSLError) and not self._got_bytes and not self.reused:
+            # TLS 1.3 sends the client certificate after the client considers the
+            # handshake done: a server refusing it says so with an alert in place of the
+            # first response byte. The request never reached the application.
+            error = UpstreamTLSError(self._pool.name, ssl_detail(exc))
+            self._pool.tls_failed(error)
+            self._fail(error)
         self._on_eof(exc)
         self._end_drain(UpstreamResetError(self._pool.name, "connection lost while sending"))
 
@@ -417,6 +425,7 @@ class Pool:
         self._reaper: asyncio.TimerHandle | None = None
 
     def give_back(self, conn: Connection) -> None:
+        conn.reused = True
         conn.idle_since = time.monotonic()
         self._idle.append(conn)
         while len(self._idle) > MAX_IDLE_PER_POOL:
