@@ -163,6 +163,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         con.line(f"  guard        armed ({'on' if guard['enabled'] else 'off'})")
     _figures_table(con, {s: live["upstreams"][s] for s in SIDES}, fallbacks=None)
+    upgraded = {s: live["upstreams"][s].get("upgraded", 0) for s in SIDES}
+    if any(upgraded.values()):
+        con.line("  websockets   " + ", ".join(f"{s} {n} open" for s, n in upgraded.items()))
     return EXIT_OK
 
 

@@ -14,13 +14,18 @@ The legacy app always uses ``DEFAULT_SEED``; compare it with ``signal_app()`` at
 
 Paths: ``GET /health``, ``GET /signals?limit=N`` (1-500, default 10), ``GET /signals/stats``,
 ``GET /signals/anomaly`` and ``GET /signals/limit-up`` (one strategy each, same ``limit``),
-and ``/echo`` (any method), which reports what arrived so tests can check what the proxy
-forwarded. Anything else is a JSON 404.
+``/echo`` (any method), which reports what arrived so tests can check what the proxy
+forwarded, and two streams (SPEC 12): ``GET /signals/live`` (server-sent events) and
+``/signals/subscribe`` (WebSocket), each pushing ``count`` signals (default 60) ``every``
+seconds (default 1). Anything else is a JSON 404.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import json
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -28,12 +33,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 DEFAULT_SEED = 7
 POOL_SIZE = 500
 DEFAULT_LIMIT = 10
 MAX_LIMIT = POOL_SIZE
+MAX_STREAM_EVENTS = 3600
 ECHO_CHUNK_BYTES = 64 * 1024
 
 SYMBOLS = ("sh600000", "sz000001", "sh601318", "sh600519", "sz000858", "sz300750", "sh601012")
@@ -176,6 +182,74 @@ async def echo(request: web.Request) -> web.Response:
     return _answer(request, body)
 
 
+def _stream_params(request: web.Request) -> tuple[int, float] | web.Response:
+    """`count` events (1-3600, default 60), one every `every` seconds (0.01-60, default 1)."""
+    try:
+        count = min(max(int(request.query.get("count", "60")), 1), MAX_STREAM_EVENTS)
+        every = min(max(float(request.query.get("every", "1")), 0.01), 60.0)
+    except ValueError:
+        error = "query parameters 'count' (integer) and 'every' (seconds) must be numbers"
+        return _answer(request, {"error": error}, status=400)
+    return count, every
+
+
+def _live_record(request: web.Request, n: int) -> Json:
+    sample = request.app[SAMPLE]
+    record = sample.records[n % len(sample.records)]
+    return {
+        "seq": n,
+        "source": sample.source,
+        "signal": _record_json(sample, record, datetime.now(UTC)),
+    }
+
+
+async def live(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: one signal per event, `count` of them, `every` seconds apart."""
+    params = _stream_params(request)
+    if isinstance(params, web.Response):
+        return params
+    count, every = params
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    for n in range(count):
+        if n:
+            await asyncio.sleep(every)
+        event = json.dumps(_live_record(request, n))
+        await response.write(f"id: {n}\nevent: signal\ndata: {event}\n\n".encode())
+    await response.write_eof()
+    return response
+
+
+async def subscribe(request: web.Request) -> web.StreamResponse:
+    """WebSocket: pushes `count` signals `every` seconds apart; answers "ping" with "pong"."""
+    params = _stream_params(request)
+    if isinstance(params, web.Response):
+        return params
+    count, every = params
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+
+    async def push() -> None:
+        for n in range(count):
+            if n:
+                await asyncio.sleep(every)
+            await ws.send_json(_live_record(request, n))
+        await ws.close(message=b"stream complete")
+
+    pusher = asyncio.create_task(push())
+    try:
+        async for message in ws:
+            if message.type == WSMsgType.TEXT and message.data == "ping":
+                await ws.send_str("pong")
+    finally:
+        pusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pusher
+    return ws
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -205,6 +279,8 @@ def _build_app(source: str, seed: int, confidence_digits: int) -> web.Applicatio
     app.router.add_get("/health", health)
     app.router.add_get("/signals", signals)
     app.router.add_get("/signals/stats", stats)
+    app.router.add_get("/signals/live", live)
+    app.router.add_get("/signals/subscribe", subscribe)
     for path in FEATURE_STRATEGIES:
         app.router.add_get(path, signals)
     app.router.add_route("*", "/echo", echo)

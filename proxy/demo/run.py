@@ -98,6 +98,9 @@ def banner(ports: DemoPorts, config_path: Path, config_text: str) -> str:
         )
     lines += [
         f"  curl -si {base}/health                 # no id: one is minted (Set-Cookie)",
+        f"  curl -N  {base}/signals/live?count=5 -H 'X-Session-Id: alice'"
+        "   # server-sent events, one a second",
+        f"  ws://{HOST}:{ports.proxy}/signals/subscribe   # WebSocket: a signal a second",
         f"  curl -s  http://{HOST}:{ports.admin}/-/status",
         f"  rollout explain alice -c {config_path}",
         f"  rollout diff -c {config_path}          # shadow: signal vs legacy answers",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
@@ -236,3 +237,35 @@ async def test_start_apis_releases_first_port_when_second_is_taken() -> None:
             await start_apis("127.0.0.1", signal_port, taken.getsockname()[1])
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", signal_port))
+
+
+async def test_live_is_an_event_stream_of_signals(side: tuple[str, Client]) -> None:
+    name, client = side
+    resp = await client.get("/signals/live?count=3&every=0.01")
+    assert resp.status == 200
+    assert resp.content_type == "text/event-stream"
+    events = [e for e in (await resp.text()).split("\n\n") if e]
+    assert [e.splitlines()[0] for e in events] == ["id: 0", "id: 1", "id: 2"]
+    data = [json.loads(e.splitlines()[2].removeprefix("data: ")) for e in events]
+    assert [d["seq"] for d in data] == [0, 1, 2]
+    assert all(set(d["signal"]) >= RECORD_KEYS and d["source"] == name for d in data)
+
+
+async def test_subscribe_pushes_signals_and_answers_ping(side: tuple[str, Client]) -> None:
+    name, client = side
+    async with client.ws_connect("/signals/subscribe?count=2&every=0.01") as ws:
+        await ws.send_str("ping")
+        got = [await ws.receive() for _ in range(3)]
+        texts = [m.data for m in got if m.type == aiohttp.WSMsgType.TEXT]
+        assert "pong" in texts
+        pushed = [json.loads(t) for t in texts if t != "pong"]
+        assert [p["seq"] for p in pushed] == [0, 1]
+        assert pushed[0]["source"] == name
+        closing = await ws.receive()
+        assert closing.type == aiohttp.WSMsgType.CLOSE
+
+
+async def test_stream_parameters_are_checked(side: tuple[str, Client]) -> None:
+    _, client = side
+    body = await get_json(client, "/signals/live?count=many", status=400)
+    assert "count" in body["error"]
