@@ -264,8 +264,9 @@ class Metrics:
             cert_file = upstream.tls.cert_file if upstream.tls is not None else None
             not_after = certificate_not_after(cert_file) if cert_file else None
             if not_after is None:
-                with contextlib.suppress(KeyError):
-                    self.certificate_expiry.remove(upstream.name)
+                if self.exposition is self.registry:  # (no removal in multiprocess mode)
+                    with contextlib.suppress(KeyError):
+                        self.certificate_expiry.remove(upstream.name)
                 continue
             child = self.certificate_expiry.labels(certificate=upstream.name)
             if self.in_flight_per_request:
