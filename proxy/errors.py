@@ -5,6 +5,7 @@
     ├── ClientGoneError        the client disconnected while its request was being read
     └── UpstreamError          one attempt against one upstream failed
         ├── UpstreamConnectError   refused / connect timeout: nothing was sent
+        │   └── UpstreamTLSError   the TLS handshake failed (nothing was sent either)
         ├── UpstreamTimeoutError   no response headers within the deadline
         └── UpstreamResetError     the connection dropped, or the answer was not HTTP
 
@@ -43,6 +44,7 @@ class FailureReason(StrEnum):
     TIMEOUT = "timeout"
     RESET = "reset"
     STATUS = "status"
+    TLS = "tls"
 
 
 # What the proxy answers for a failed attempt it cannot fall back from.
@@ -50,6 +52,7 @@ STATUS = {
     FailureReason.CONNECT: 502,
     FailureReason.RESET: 502,
     FailureReason.TIMEOUT: 504,
+    FailureReason.TLS: 502,
 }
 # nginx's "client closed the request": nobody receives it, metrics count it.
 CLIENT_GONE = 499
@@ -70,6 +73,12 @@ class UpstreamError(RolloutError):
 
 class UpstreamConnectError(UpstreamError):
     reason = FailureReason.CONNECT
+
+
+class UpstreamTLSError(UpstreamConnectError):
+    """A connect failure of its own kind: every method may fall back from it (SPEC 5)."""
+
+    reason = FailureReason.TLS
 
 
 class UpstreamTimeoutError(UpstreamError):

@@ -11,6 +11,7 @@ import itertools
 import math
 import os
 import re
+import ssl
 from dataclasses import fields
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import yaml
 from yarl import URL
 
 from proxy.config.reader import Section, UniqueKeyLoader, yaml_message
+from proxy.config.tls import TLSFileError, client_context
 from proxy.config.values import (
     DEFAULT_FEATURE,
     AdminConfig,
@@ -34,6 +36,7 @@ from proxy.config.values import (
     UpgradeConfig,
     Upstream,
     Upstreams,
+    UpstreamTLS,
     format_value,
 )
 from proxy.errors import ConfigError
@@ -219,8 +222,9 @@ def _build_upstreams(s: Section) -> Upstreams:
         url = sub.get("url", str, default_url, _upstream_url) if raw is not None else default_url
         if s.has(name) and not sub.has("url"):
             sub.error("url", "is required")
-        sub.finish(("url",))
-        return Upstream(name, url.rstrip("/"))
+        tls, context = _build_upstream_tls(sub, url)
+        sub.finish(("url", "tls"))
+        return Upstream(name, url.rstrip("/"), tls, context)
 
     value = Upstreams(
         signal=one("signal", "http://127.0.0.1:8000"),
@@ -228,6 +232,43 @@ def _build_upstreams(s: Section) -> Upstreams:
     )
     s.finish(("signal", "legacy"))
     return value
+
+
+def _optional_str(s: Section, name: str) -> str | None:
+    value = s.get(name, (str, type(None)), None)
+    if isinstance(value, str) and not value.strip():
+        s.error(name, f"{value!r} must not be empty (remove the key, or set null)")
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _build_upstream_tls(
+    upstream: Section, url: str
+) -> tuple[UpstreamTLS | None, ssl.SSLContext | None]:
+    """`upstreams.<side>.tls` and the SSL context made from it (https URLs only)."""
+    if URL(url).scheme != "https":
+        if upstream.has("tls"):
+            upstream.error("tls", f"applies to https URLs only, and url is {url!r}")
+        return None, None
+    s = upstream.section("tls")
+    d = UpstreamTLS()
+    tls = UpstreamTLS(
+        verify=s.get("verify", bool, d.verify),
+        ca_file=_optional_str(s, "ca_file"),
+        server_name=_optional_str(s, "server_name"),
+        cert_file=_optional_str(s, "cert_file"),
+        key_file=_optional_str(s, "key_file"),
+    )
+    s.finish(("verify", "ca_file", "server_name", "cert_file", "key_file"))
+    if (tls.cert_file is None) != (tls.key_file is None):
+        present, missing = ("cert_file", "key_file")[:: 1 if tls.key_file is None else -1]
+        s.error(missing, f"is required with {present} (a client certificate and its key)")
+        return tls, None
+    try:
+        return tls, client_context(tls)
+    except TLSFileError as exc:
+        s.error(exc.key, exc.message)
+        return tls, None
 
 
 def _build_timeouts(s: Section) -> Timeouts:

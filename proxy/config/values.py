@@ -7,6 +7,7 @@ compared item by item under that attribute, e.g. features by name).
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 
 from yarl import URL
@@ -30,21 +31,39 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTLS:
+    """How an https upstream is reached (SPEC 2 `upstreams.<side>.tls`)."""
+
+    verify: bool = True
+    ca_file: str | None = None  # PEM bundle; None: the system trust store
+    server_name: str | None = None  # SNI and the name checked; None: the URL's host
+    cert_file: str | None = None  # client certificate (mutual TLS), with key_file
+    key_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Upstream:
     name: str
     url: str
+    tls: UpstreamTLS | None = None  # None for an http URL
+    # Built from `tls` by `load_config`, once per load; the pool of an unchanged upstream
+    # keeps the context it was made with (`Runtime.pool`).
+    ssl_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
     # Derived once here, not per request: what the connection pool and `Host` need.
     host: str = field(init=False, compare=False)
     port: int = field(init=False, compare=False)
-    tls: bool = field(init=False, compare=False)
+    https: bool = field(init=False, compare=False)
     authority: str = field(init=False, compare=False)
+    server_name: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         url = URL(self.url) if self.url else URL("http://invalid")
         object.__setattr__(self, "host", url.raw_host or "")
         object.__setattr__(self, "port", url.port or 80)
-        object.__setattr__(self, "tls", url.scheme == "https")
+        object.__setattr__(self, "https", url.scheme == "https")
         object.__setattr__(self, "authority", url.raw_authority)
+        name = self.tls.server_name if self.tls is not None else None
+        object.__setattr__(self, "server_name", name or url.host or "")
 
 
 @dataclass(frozen=True, slots=True)

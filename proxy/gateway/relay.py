@@ -36,6 +36,7 @@ _ERROR_MESSAGES = {
     FailureReason.CONNECT: "upstream unreachable",
     FailureReason.TIMEOUT: "upstream timed out",
     FailureReason.RESET: "upstream connection failed",
+    FailureReason.TLS: "upstream TLS handshake failed",
 }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from proxy.config.diff import diff_configs
 from proxy.config.load import load_config
 from proxy.errors import ConfigError
-from proxy.gateway.state import Runtime
+from proxy.gateway.state import Runtime, warn_unverified
 
 log = logging.getLogger("rollout.reload")
 
@@ -69,6 +69,7 @@ def reload_now(runtime: Runtime, *, trigger: str) -> ReloadResult:
         )
         return ReloadResult(False, False, store.generation, errors=exc.problems)
 
+    warn_unverified(new)
     store.last_reload_ok = True
     store.last_error = None
     metrics.last_reload_ok.set(1)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy.config.values import Config, Upstream
+from proxy.config.tls import client_context
+from proxy.config.values import Config, Upstream, UpstreamTLS
 from proxy.errors import FailureReason
 from proxy.gateway.shadow import Shadow
 from proxy.gateway.upgrade import Upgrades
@@ -24,10 +25,31 @@ from proxy.rollout.window import Window
 from proxy.telemetry.metrics import Metrics
 
 log = logging.getLogger("rollout.guard")
+upstream_log = logging.getLogger("rollout.upstream")
 
 # Close idle upstream connections before a typical upstream's own keep-alive timeout
 # (nginx and aiohttp: 75 s), so a pooled connection is rarely found dead.
 UPSTREAM_KEEPALIVE_SECONDS = 15.0
+
+
+def warn_unverified(config: Config) -> None:
+    """At every load (start and each reload): an upstream reached without verifying its
+    certificate is one WARNING line, so it is never forgotten in production."""
+    for upstream in (config.upstreams.signal, config.upstreams.legacy):
+        if upstream.tls is not None and not upstream.tls.verify:
+            upstream_log.warning(
+                "%s: tls.verify is false: the certificate of %s is not checked "
+                "(anyone on the path can impersonate it)",
+                upstream.name,
+                upstream.url,
+            )
+
+
+PoolKey = tuple[str, UpstreamTLS | None]
+
+
+def pool_key(upstream: Upstream) -> PoolKey:
+    return upstream.url, upstream.tls
 
 
 @dataclass(eq=False)
@@ -50,7 +72,7 @@ class Runtime:
     guard: Guard
     legacy_window: Window
     upgrades: Upgrades
-    pools: dict[str, Pool] = field(default_factory=dict)
+    pools: dict[PoolKey, Pool] = field(default_factory=dict)
     shadow: Shadow = field(default_factory=Shadow)
     draining: bool = False
     active: int = 0  # requests in the gateway now (the drain waits for 0)
@@ -68,6 +90,7 @@ class Runtime:
             legacy_window=Window(config.guard.window_seconds),
             upgrades=Upgrades(metrics),
         )
+        warn_unverified(config)
         runtime.metrics.apply_config(config, guard_tripped=False)
         runtime.metrics.count_in_flight(lambda: runtime.active)
         runtime.shadow.configure(config.shadow)
@@ -99,22 +122,29 @@ class Runtime:
         return True
 
     def pool(self, upstream: Upstream) -> Pool:
-        """The connection pool for an upstream URL; a URL changed by reload gets a new one."""
-        pool = self.pools.get(upstream.url)
+        """The connection pool for an upstream's URL and TLS values: a reload that changes
+        either gets a new pool (and SSL context), one that changes neither keeps the
+        pooled connections."""
+        key = pool_key(upstream)
+        pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[upstream.url] = Pool(
+            context = upstream.ssl_context
+            if context is None and upstream.https:
+                context = client_context(upstream.tls or UpstreamTLS())
+            pool = self.pools[key] = Pool(
                 upstream.name,
                 upstream.host,
                 upstream.port,
-                tls=upstream.tls,
+                ssl=context,
+                server_name=upstream.server_name,
                 keepalive_timeout=UPSTREAM_KEEPALIVE_SECONDS,
             )
         return pool
 
-    def close_pools(self, keep: set[str] | None = None) -> None:
-        for url in list(self.pools):
-            if keep is None or url not in keep:
-                self.pools.pop(url).close()
+    def close_pools(self, keep: set[PoolKey] | None = None) -> None:
+        for key in list(self.pools):
+            if keep is None or key not in keep:
+                self.pools.pop(key).close()
 
     def guard_tripped(self) -> bool:
         return self.guard.trip is not None
@@ -149,7 +179,9 @@ class Runtime:
             self.guard.rearm()
         # Idle connections to an upstream that is no longer configured are closed; requests
         # still running on them finish first.
-        self.close_pools(keep={config.upstreams.signal.url, config.upstreams.legacy.url})
+        self.close_pools(
+            keep={pool_key(config.upstreams.signal), pool_key(config.upstreams.legacy)}
+        )
         if config.guard.window_seconds != self.legacy_window.seconds:
             self.legacy_window = Window(config.guard.window_seconds)
         self.shadow.configure(config.shadow)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import re
 import ssl
 import time
@@ -31,19 +32,24 @@ from typing import cast
 
 import httptools
 
+from proxy.config.tls import ssl_detail
 from proxy.errors import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamResetError,
     UpstreamTimeoutError,
+    UpstreamTLSError,
 )
 from proxy.http.flow import WriteFlow
+from proxy.telemetry.logs import RateLimitedWarning
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 MAX_HEADERS = 1000
 MAX_HEAD_BYTES = 64 * 1024
 READ_HIGH_WATER = 256 * 1024  # pause reading the upstream when this much is unconsumed
 MAX_IDLE_PER_POOL = 1024
+
+log = logging.getLogger("rollout.upstream")
 
 
 @contextmanager
@@ -54,8 +60,8 @@ def translate_errors(
     place foreign exceptions are translated (as httpx's `map_httpcore_exceptions`).
 
     While `connecting`, nothing has been sent: any failure is a connect failure, which
-    every method may fall back from. Afterwards a timeout is `timeout` and a socket error
-    a reset.
+    every method may fall back from; a failed TLS handshake is its own kind of it
+    (`UpstreamTLSError`). Afterwards a timeout is `timeout` and a socket error a reset.
     """
     try:
         yield
@@ -65,6 +71,10 @@ def translate_errors(
         if connecting:
             raise UpstreamConnectError(upstream, "connect timeout") from exc
         raise UpstreamTimeoutError(upstream, timeout) from exc
+    except ssl.SSLError as exc:
+        if connecting:
+            raise UpstreamTLSError(upstream, ssl_detail(exc)) from exc
+        raise UpstreamResetError(upstream, ssl_detail(exc)) from exc
     except OSError as exc:
         detail = exc.strerror or str(exc) or type(exc).__name__
         if connecting:
@@ -142,6 +152,7 @@ class Connection(WriteFlow, asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.used = False
+        self.reused = False  # has been in the pool: its handshake is long confirmed
         self.idle_since = 0.0
         self._reset_exchange()
 
@@ -207,6 +218,13 @@ class Connection(WriteFlow, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if isinstance(exc, ssl.SSLError) and not self._got_bytes and not self.reused:
+            # TLS 1.3 sends the client certificate after the client considers the
+            # handshake done: a server refusing it says so with an alert in place of the
+            # first response byte. The request never reached the application.
+            error = UpstreamTLSError(self._pool.name, ssl_detail(exc))
+            self._pool.tls_failed(error)
+            self._fail(error)
         self._on_eof(exc)
         self._end_drain(UpstreamResetError(self._pool.name, "connection lost while sending"))
 
@@ -387,17 +405,27 @@ class Pool:
     """Idle keep-alive connections to one upstream origin (`http(s)://host:port`)."""
 
     def __init__(
-        self, name: str, host: str, port: int, *, tls: bool, keepalive_timeout: float
+        self,
+        name: str,
+        host: str,
+        port: int,
+        *,
+        keepalive_timeout: float,
+        ssl: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> None:
         self.name = name
         self.host = host
         self.port = port
-        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if tls else None
+        self.ssl = ssl
+        self.server_name = server_name or host  # SNI and the name the certificate must hold
+        self._tls_failed = RateLimitedWarning(log)
         self.keepalive_timeout = keepalive_timeout
         self._idle: collections.deque[Connection] = collections.deque()
         self._reaper: asyncio.TimerHandle | None = None
 
     def give_back(self, conn: Connection) -> None:
+        conn.reused = True
         conn.idle_since = time.monotonic()
         self._idle.append(conn)
         while len(self._idle) > MAX_IDLE_PER_POOL:
@@ -427,17 +455,28 @@ class Pool:
 
     async def _connect(self, timeout: float) -> Connection:
         loop = asyncio.get_running_loop()
-        with translate_errors(self.name, connecting=True):
-            async with asyncio.timeout(timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: Connection(self),
-                    self.host,
-                    self.port,
-                    ssl=self.ssl,
-                    server_hostname=self.host if self.ssl else None,
-                )
+        try:
+            with translate_errors(self.name, connecting=True):
+                async with asyncio.timeout(timeout):
+                    _, protocol = await loop.create_connection(
+                        lambda: Connection(self),
+                        self.host,
+                        self.port,
+                        ssl=self.ssl,
+                        server_hostname=self.server_name if self.ssl else None,
+                    )
+        except UpstreamTLSError as exc:
+            self.tls_failed(exc)
+            raise
         assert isinstance(protocol, Connection)
         return protocol
+
+    def tls_failed(self, error: UpstreamTLSError) -> None:
+        """One line per failing upstream (at most one per interval): which upstream, which
+        name, and why the handshake failed."""
+        self._tls_failed.warn(
+            "%s: TLS handshake with %r failed: %s", self.name, self.server_name, error.detail
+        )
 
     async def request(
         self,

@@ -8,6 +8,8 @@ from proxy.errors import FailureReason
 # Methods RFC 9110 calls idempotent (GET, HEAD, OPTIONS safe; PUT, DELETE idempotent):
 # replaying them after signal may have acted on them does no harm.
 REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# Failures before any byte of the request left: safe to replay whatever the method.
+_NOTHING_SENT = frozenset({FailureReason.CONNECT, FailureReason.TLS})
 
 
 def should_fall_back(
@@ -16,13 +18,13 @@ def should_fall_back(
     """The decision table of SPEC 5.
 
     | failure               | idempotent, body buffered | others          |
-    | connect (nothing sent)| fall back                 | fall back       |
+    | connect, tls (nothing sent) | fall back           | fall back       |
     | timeout / reset       | fall back                 | no (504 / 502)  |
     | fallback status       | fall back                 | no (signal's)   |
     """
     if not enabled:
         return False
-    if reason is FailureReason.CONNECT:
+    if reason in _NOTHING_SENT:
         return True
     return body_buffered and method in REPLAYABLE_METHODS
 

@@ -6,13 +6,16 @@ closed list of methods and the reason enums. A session id never becomes a label.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from proxy.config.tls import certificate_not_after
 from proxy.config.values import DEFAULT_FEATURE, Config
 from proxy.errors import FailureReason
 from proxy.rollout.drain import DrainReason
@@ -148,6 +151,14 @@ class Metrics:
         # Updated per request only where it cannot be read at scrape time (multiprocess
         # mode keeps gauge values in files); see `count_in_flight`.
         self.in_flight_per_request = self.exposition is not r
+        self.certificate_expiry = Gauge(
+            "rollout_tls_certificate_expiry_seconds",
+            "Seconds until a TLS certificate expires (certificate=listen, or the upstream "
+            "whose client certificate it is).",
+            ["certificate"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.build_info = Gauge(
             "rollout_build_info",
             "Always 1; the version label says which build.",
@@ -244,6 +255,28 @@ class Metrics:
                 for result in ("match", "mismatch", "error", "dropped"):
                     self.shadow.labels(feature=feature, result=result)
         self.guard_tripped.set(1 if guard_tripped else 0)
+        self._certificates(config)
+
+    def _certificates(self, config: Config) -> None:
+        """The upstreams' client certificates: seconds left, read at scrape time (in
+        multiprocess mode: as of the last load)."""
+        for upstream in (config.upstreams.signal, config.upstreams.legacy):
+            cert_file = upstream.tls.cert_file if upstream.tls is not None else None
+            not_after = certificate_not_after(cert_file) if cert_file else None
+            if not_after is None:
+                if self.exposition is self.registry:  # (no removal in multiprocess mode)
+                    with contextlib.suppress(KeyError):
+                        self.certificate_expiry.remove(upstream.name)
+                continue
+            child = self.certificate_expiry.labels(certificate=upstream.name)
+            if self.in_flight_per_request:
+                child.set(not_after - time.time())
+            else:
+                child.set_function(_seconds_until(not_after))
+
+
+def _seconds_until(moment: float) -> Callable[[], float]:
+    return lambda: moment - time.time()
 
 
 __all__ = [

@@ -7,12 +7,19 @@ replaced where a fresh connection is needed, so no test opens a socket.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.errors import UpstreamResetError, UpstreamTimeoutError
+from proxy.errors import (
+    FailureReason,
+    UpstreamConnectError,
+    UpstreamResetError,
+    UpstreamTimeoutError,
+    UpstreamTLSError,
+)
 from proxy.http import client as upstream
 from tests.support.wire import MockTransport, connect, settle
 
@@ -21,7 +28,7 @@ GET_HEAD = b"GET /a HTTP/1.1\r\nHost: up\r\n\r\n"
 
 @pytest.fixture
 async def pool() -> AsyncIterator[upstream.Pool]:
-    p = upstream.Pool("legacy", "127.0.0.1", 9, tls=False, keepalive_timeout=30.0)
+    p = upstream.Pool("legacy", "127.0.0.1", 9, keepalive_timeout=30.0)
     yield p
     p.close()
 
@@ -546,3 +553,35 @@ async def test_a_refused_upgrade_is_a_normal_response(pool: upstream.Pool) -> No
     response = await task
     assert (response.status, response.switched) == (403, False)
     assert await response.read() == b"no"
+
+
+def _verify_error() -> ssl.SSLCertVerificationError:
+    exc = ssl.SSLCertVerificationError(
+        1,
+        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local "
+        "issuer certificate (_ssl.c:1006)",
+    )
+    exc.verify_message = "unable to get local issuer certificate"
+    return exc
+
+
+def test_a_failed_handshake_is_a_tls_error_a_connect_error_of_its_own_kind() -> None:
+    with (
+        pytest.raises(UpstreamTLSError) as info,
+        upstream.translate_errors("signal", connecting=True),
+    ):
+        raise _verify_error()
+    assert isinstance(info.value, UpstreamConnectError)  # falls back like one: nothing sent
+    assert info.value.reason is FailureReason.TLS
+    assert info.value.status == 502
+    assert info.value.detail == "certificate verify failed: unable to get local issuer certificate"
+    assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
+
+
+def test_an_ssl_error_after_connecting_is_a_reset() -> None:
+    error = ssl.SSLError(
+        1, "[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] bad record mac (_ssl.c:2580)"
+    )
+    with pytest.raises(UpstreamResetError) as info, upstream.translate_errors("signal"):
+        raise error
+    assert info.value.detail == "bad record mac"

@@ -14,6 +14,7 @@ from proxy.rollout.fallback import attempt_failure, fallback_reason, should_fall
 # POST/PATCH/others or a body too large to buffer).
 SPEC_TABLE: dict[FailureReason, tuple[bool, bool]] = {
     FailureReason.CONNECT: (True, True),  # nothing was sent: always safe
+    FailureReason.TLS: (True, True),  # the handshake failed: nothing was sent either
     FailureReason.TIMEOUT: (True, False),  # 504, not replayed
     FailureReason.RESET: (True, False),  # 502, not replayed
     FailureReason.STATUS: (True, False),  # signal's response returned
@@ -65,6 +66,8 @@ def test_every_cell_of_the_spec_table(
         (FailureReason.CONNECT, "POST", True, True),
         (FailureReason.CONNECT, "PATCH", False, True),
         (FailureReason.CONNECT, "PUT", False, True),
+        (FailureReason.TLS, "POST", False, True),
+        (FailureReason.TLS, "GET", True, True),
         (FailureReason.TIMEOUT, "GET", True, True),
         (FailureReason.TIMEOUT, "DELETE", True, True),
         (FailureReason.TIMEOUT, "POST", True, False),
@@ -91,9 +94,10 @@ def test_other_methods_are_not_replayed(reason: FailureReason, method: str) -> N
     assert should_fall_back(reason, method, body_buffered=True, enabled=True) is False
 
 
+@pytest.mark.parametrize("reason", [FailureReason.CONNECT, FailureReason.TLS])
 @pytest.mark.parametrize("method", ["TRACE", "PROPFIND", "POST"])
-def test_other_methods_fall_back_when_nothing_was_sent(method: str) -> None:
-    assert should_fall_back(FailureReason.CONNECT, method, body_buffered=False, enabled=True)
+def test_other_methods_fall_back_when_nothing_was_sent(reason: FailureReason, method: str) -> None:
+    assert should_fall_back(reason, method, body_buffered=False, enabled=True)
 
 
 @pytest.mark.parametrize("reason", list(FailureReason))
