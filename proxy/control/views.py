@@ -5,8 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 from collections.abc import Mapping
 
+from proxy.config.certificates import (
+    WARN_DAYS,
+    Certificate,
+    CertificateError,
+    days_left,
+    expiry_status,
+    read_certificates,
+    tls_files,
+)
 from proxy.config.load import load_config
 from proxy.config.values import Config
 from proxy.control.client import LiveError, admin_url, fetch_diffs, fetch_metrics, live_status
@@ -72,7 +82,48 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"  promotion   error rate < {p.max_error_rate:.1%}, p95 < {p.max_p95_ms:g} ms, "
         f"min {p.min_requests} requests"
     )
-    return EXIT_OK
+    return _print_certificates(config, Console(), time.time())
+
+
+def _print_certificates(config: Config, con: Console, now: float) -> int:
+    """Each TLS file's certificates; a warning within `WARN_DAYS` of expiry, an error
+    (exit 1) once expired or unreadable."""
+    failed = False
+    for key, path, bundle in tls_files(config):
+        con.line(f"  {key} {path}")
+        try:
+            certificates = read_certificates(path, bundle=bundle)
+        except CertificateError as exc:
+            con.error(f"{key}: {exc}")
+            failed = True
+            continue
+        for cert in certificates:
+            left = cert.seconds_left(now)
+            con.line(f"      subject {cert.subject}")
+            con.line(f"      issuer  {cert.issuer}")
+            con.line(f"      expires {cert.expires()} ({_days(left)})")
+            status = expiry_status(left)
+            if status == "expiring":
+                days = days_left(left)
+                con.warning(
+                    f"{key}: {_who(cert)} expires in {days} day{'' if days == 1 else 's'}, "
+                    f"on {cert.expires()}, within {WARN_DAYS} days ({path})"
+                )
+            elif status == "expired":
+                con.error(f"{key}: {_who(cert)} has expired: {cert.expires()} ({path})")
+                failed = True
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _days(seconds_left: float) -> str:
+    days = days_left(seconds_left)
+    if days < 0:
+        return "expired"
+    return f"{days} day{'' if days == 1 else 's'} left"
+
+
+def _who(cert: Certificate) -> str:
+    return f"certificate {cert.subject!r}"
 
 
 def _stage_of(config: Config) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 import yaml
 from aiohttp import web
 
@@ -36,7 +37,16 @@ from proxy.control import cli
 from proxy.control.edit import set_value
 from proxy.control.history import HISTORY_FILE
 from proxy.demo.apis import legacy_app, signal_app
-from tests.support import HOST, ProxyProcess, UpstreamFactory, config_dict, free_port, server_url
+from tests.support import (
+    HOST,
+    ProxyProcess,
+    UpstreamFactory,
+    config_dict,
+    free_port,
+    server_url,
+    write_config,
+)
+from tests.support.tls import write_ca, write_cert
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIG = ROOT / "config" / "rollout.yaml"
@@ -294,6 +304,65 @@ def test_check_invalid_config_lists_every_error(rollout: Rollout, tmp_path: Path
         assert any(key in problem for problem in problems), (key, run.err)
     assert "ftp://example.com" in run.err
     assert "'signals/today' does not start with '/'" in run.err
+
+
+def _tls_config(tmp_path: Path, client_not_after: datetime) -> Path:
+    """A config whose https signal has a CA file and a client certificate expiring then."""
+    ca = trustme.CA(organization_name="Example Internal CA")
+    ca_file = write_ca(ca, tmp_path / "ca.pem")
+    client = ca.issue_cert(
+        "rollout-proxy.internal", common_name="rollout-proxy", not_after=client_not_after
+    )
+    files = write_cert(client, tmp_path, "client")
+    tls = {"ca_file": str(ca_file), "cert_file": str(files.cert), "key_file": str(files.key)}
+    data = config_dict(
+        "http://unused",
+        "http://unused",
+        upstreams={
+            "signal": {"url": f"https://{HOST}:8443", "tls": tls},
+            "legacy": {"url": f"http://{HOST}:8001"},
+        },
+    )
+    return write_config(tmp_path / "rollout.yaml", data)
+
+
+def test_check_prints_each_tls_certificate(rollout: Rollout, tmp_path: Path) -> None:
+    path = _tls_config(tmp_path, datetime.now(UTC) + timedelta(days=400, hours=1))
+    run = rollout("check", "-c", str(path))
+    assert run.code == 0, run.text
+    lines = run.out.splitlines()
+    ca_at = lines.index(f"  upstreams.signal.tls.ca_file {tmp_path / 'ca.pem'}")
+    assert lines[ca_at + 1].startswith("      subject O=Example Internal CA")
+    assert lines[ca_at + 2].startswith("      issuer  O=Example Internal CA")
+    cert_at = lines.index(f"  upstreams.signal.tls.cert_file {tmp_path / 'client.crt'}")
+    assert "CN=rollout-proxy" in lines[cert_at + 1]
+    assert lines[cert_at + 3].endswith("(400 days left)")
+    assert "WARNING" not in run.out
+    assert run.err == ""
+
+
+def test_check_warns_when_a_certificate_expires_within_14_days(
+    rollout: Rollout, tmp_path: Path
+) -> None:
+    path = _tls_config(tmp_path, datetime.now(UTC) + timedelta(days=3, hours=1))
+    run = rollout("check", "-c", str(path))
+    assert run.code == 0, run.text
+    [warning] = [line for line in run.out.splitlines() if line.startswith("WARNING")]
+    assert "upstreams.signal.tls.cert_file: certificate " in warning
+    assert "CN=rollout-proxy" in warning
+    assert " expires in 3 days, on 20" in warning
+    assert warning.endswith(f"within 14 days ({tmp_path / 'client.crt'})")
+    assert run.err == ""
+
+
+def test_check_fails_on_an_expired_certificate(rollout: Rollout, tmp_path: Path) -> None:
+    path = _tls_config(tmp_path, datetime.now(UTC) - timedelta(days=2))
+    run = rollout("check", "-c", str(path))
+    assert run.code == 1, run.text
+    assert f"{path}: valid" in run.out  # the file is valid; the certificate is not
+    [error] = [line for line in run.err.splitlines() if line.startswith("ERROR")]
+    assert "upstreams.signal.tls.cert_file: certificate " in error
+    assert "has expired" in error
 
 
 # --- explain ----------------------------------------------------------------------------
