@@ -30,7 +30,7 @@ from proxy.control.figures import (
     shadow_counts,
     shadow_from_prometheus,
 )
-from proxy.control.smoke import proxy_url, run_smoke
+from proxy.control.smoke import Check, PeerCertificate, peer_certificates, proxy_url, run_smoke
 from proxy.rollout.routing import choose_upstream, threshold
 from proxy.rollout.stages import (
     Criterion,
@@ -251,11 +251,18 @@ def _figures_table(
 def cmd_test(args: argparse.Namespace) -> int:
     config = load_config(args.config_path)
     url = proxy_url(config, args.url)
-    checks = asyncio.run(run_smoke(config, url))
+    checks, peers = asyncio.run(_smoke_and_certificates(config, url))
+    now = time.time()
     failed = [c for c in checks if not c.ok]
+    bad_peers = [p for p in peers if p.status(now) in ("error", "expired")]
     if args.json:
-        print(json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, indent=2))
-        return EXIT_FAILED if failed else EXIT_OK
+        doc = {
+            "ok": not failed and not bad_peers,
+            "checks": [c.as_dict() for c in checks],
+            "certificates": [p.as_dict(now) for p in peers],
+        }
+        print(json.dumps(doc, indent=2))
+        return EXIT_FAILED if failed or bad_peers else EXIT_OK
     con = Console()
     rows = [
         [
@@ -269,12 +276,38 @@ def cmd_test(args: argparse.Namespace) -> int:
         for c in checks
     ]
     con.table(["target", "path", "status", "ms", "served by", "result"], rows)
-    if failed:
+    _print_peer_certificates(con, peers, now)
+    if failed or bad_peers:
         for c in failed:
             con.error(f"{c.target} {c.path}: {c.error or f'HTTP {c.status}'}")
         return EXIT_FAILED
     con.success(f"all {len(checks)} checks passed")
     return EXIT_OK
+
+
+async def _smoke_and_certificates(
+    config: Config, url: str
+) -> tuple[list[Check], list[PeerCertificate]]:
+    checks, peers = await asyncio.gather(run_smoke(config, url), peer_certificates(config))
+    return checks, peers
+
+
+def _print_peer_certificates(con: Console, peers: list[PeerCertificate], now: float) -> None:
+    for peer in peers:
+        where = f"{peer.upstream} certificate ({peer.server_name})"
+        cert = peer.certificate
+        if cert is None:
+            con.error(f"{where}: {peer.error}")
+            continue
+        left = cert.seconds_left(now)
+        text = f"{where}: {cert.subject}, issuer {cert.issuer}, expires {cert.expires()}"
+        status = peer.status(now)
+        if status == "ok":
+            con.info(f"{text} ({_days(left)})")
+        elif status == "expiring":
+            con.warning(f"{text}: {_days(left)}, within {WARN_DAYS} days")
+        else:
+            con.error(f"{text}: expired")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

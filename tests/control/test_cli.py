@@ -46,7 +46,7 @@ from tests.support import (
     server_url,
     write_config,
 )
-from tests.support.tls import write_ca, write_cert
+from tests.support.tls import tls_upstream, write_ca, write_cert
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIG = ROOT / "config" / "rollout.yaml"
@@ -1049,6 +1049,69 @@ def test_smoke_test_without_anything_running_fails(rollout: Rollout, tmp_path: P
     assert doc["ok"] is False
     assert len(doc["checks"]) == 9
     assert not any(ch["ok"] for ch in doc["checks"])
+
+
+def _tls_signal(ca_file: Path, url: str) -> dict[str, Any]:
+    return {"url": url, "tls": {"ca_file": str(ca_file), "server_name": "signal.internal"}}
+
+
+async def test_smoke_test_reports_the_upstream_server_certificate(
+    upstream: UpstreamFactory,
+    serve_proxy: Callable[..., ProxyProcess],
+    rollout: Rollout,
+    tmp_path: Path,
+) -> None:
+    ca = trustme.CA(organization_name="Example Internal CA")
+    ca_file = write_ca(ca, tmp_path / "ca.pem")
+    expires = datetime.now(UTC) + timedelta(days=5, hours=1)
+    cert = ca.issue_cert("signal.internal", common_name="signal.internal", not_after=expires)
+    legacy = await upstream(legacy_app())
+    async with tls_upstream("signal", cert) as signal:
+        data = live_config("http://unused", server_url(legacy))
+        data["upstreams"]["signal"] = _tls_signal(ca_file, signal.url)
+        proxy = serve_proxy(data)
+        c = ("-c", str(proxy.config_path))
+
+        run = await in_thread(rollout, "test", *c)
+        assert run.code == 0, run.text  # expiring soon is a warning, not a failure
+        assert "all 9 checks passed" in run.out
+        assert table_row(run.out, "signal")[-1] == "ok"  # reached with its CA and name
+        [warning] = [line for line in run.out.splitlines() if line.startswith("WARNING")]
+        assert warning.startswith("WARNING  signal certificate (signal.internal): O=trustme")
+        assert "CN=signal.internal, issuer O=Example Internal CA" in warning
+        assert warning.endswith(": 5 days left, within 14 days")
+
+        run = await in_thread(rollout, "test", "--json", *c)
+        assert run.code == 0, run.text
+        [peer] = run.json()["certificates"]
+        assert peer["upstream"] == "signal"
+        assert peer["server_name"] == "signal.internal"
+        assert peer["subject"].endswith(", CN=signal.internal")
+        assert peer["not_after"] == expires.strftime("%Y-%m-%d %H:%M UTC")
+        assert (peer["days_left"], peer["status"], peer["error"]) == (5, "expiring", None)
+        assert signal.server_names.count("signal.internal") == signal.handshakes
+
+
+def test_smoke_test_reports_a_refused_upstream_certificate(
+    rollout: Rollout, tmp_path: Path
+) -> None:
+    other_ca = write_ca(trustme.CA(), tmp_path / "other-ca.pem")
+    cert = trustme.CA().issue_cert("signal.internal")
+
+    async def run_it() -> Run:
+        async with tls_upstream("signal", cert) as signal:
+            data = config_dict("http://unused", f"http://{HOST}:{free_port()}")
+            data["upstreams"]["signal"] = _tls_signal(other_ca, signal.url)
+            path = write_config(tmp_path / "rollout.yaml", data)
+            return await in_thread(rollout, "test", "--json", "-c", str(path))
+
+    run = asyncio.run(run_it())
+    assert run.code == 1
+    doc = run.json()
+    assert doc["ok"] is False
+    [peer] = doc["certificates"]
+    assert (peer["upstream"], peer["status"], peer["subject"]) == ("signal", "error", None)
+    assert peer["error"].startswith("certificate verify failed: unable to get local issuer")
 
 
 async def test_promote_refuses_figures_from_a_percentage_the_proxy_has_not_applied(
