@@ -86,7 +86,9 @@ def proxy_url(config: Config, override: str | None) -> str:
     host = config.listen.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    return f"http://{host}:{config.listen.port}"
+    # `listen.tls` (SPEC 2) is read by name: a config without it has no such attribute.
+    scheme = "https" if getattr(config.listen, "tls", None) is not None else "http"
+    return f"{scheme}://{host}:{config.listen.port}"
 
 
 async def _check(

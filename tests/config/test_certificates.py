@@ -5,6 +5,8 @@ from __future__ import annotations
 import ssl
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import trustme
@@ -16,7 +18,10 @@ from proxy.config.certificates import (
     decode_der,
     expiry_status,
     read_certificates,
+    tls_files,
 )
+from proxy.config.load import load_config
+from tests.support import config_dict, write_config
 from tests.support.tls import write_ca, write_cert
 
 NOT_AFTER = datetime(2031, 5, 17, 8, 30, tzinfo=UTC)
@@ -88,3 +93,34 @@ def test_expiry_status_and_days_left(left: float, status: str, days: int) -> Non
 def test_warning_window_is_a_parameter() -> None:
     assert expiry_status(timedelta(days=20).total_seconds(), warn_days=30) == "expiring"
     assert expiry_status(timedelta(days=20).total_seconds(), warn_days=7) == "ok"
+
+
+def test_tls_files_lists_listen_and_upstream_files(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca_file = write_ca(ca, tmp_path / "ca.pem")
+    client = write_cert(ca.issue_cert("rollout-proxy"), tmp_path, "client")
+    tls = {"ca_file": str(ca_file), "cert_file": str(client.cert), "key_file": str(client.key)}
+    data = config_dict(
+        "http://unused",
+        "http://unused",
+        upstreams={
+            "signal": {"url": "https://127.0.0.1:8443", "tls": tls},
+            "legacy": {"url": "https://127.0.0.1:8444"},  # the system trust store: no file
+        },
+    )
+    config = load_config(write_config(tmp_path / "rollout.yaml", data))
+    assert tls_files(config) == [
+        ("upstreams.signal.tls.ca_file", str(ca_file), True),
+        ("upstreams.signal.tls.cert_file", str(client.cert), False),
+    ]
+    # `listen.tls` is read by name (SPEC 2): a config carrying it lists its files first.
+    listen = SimpleNamespace(
+        host="0.0.0.0",
+        port=8443,
+        tls=SimpleNamespace(cert_file="/etc/proxy.crt", client_ca_file="/etc/clients.pem"),
+    )
+    with_listen: Any = SimpleNamespace(listen=listen, upstreams=config.upstreams)
+    assert tls_files(with_listen)[:2] == [
+        ("listen.tls.cert_file", "/etc/proxy.crt", False),
+        ("listen.tls.client_ca_file", "/etc/clients.pem", True),
+    ]

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -33,9 +34,11 @@ import trustme
 import yaml
 from aiohttp import web
 
+from proxy.config.load import load_config
 from proxy.control import cli
 from proxy.control.edit import set_value
 from proxy.control.history import HISTORY_FILE
+from proxy.control.smoke import proxy_url
 from proxy.demo.apis import legacy_app, signal_app
 from tests.support import (
     HOST,
@@ -1092,26 +1095,45 @@ async def test_smoke_test_reports_the_upstream_server_certificate(
         assert signal.server_names.count("signal.internal") == signal.handshakes
 
 
-def test_smoke_test_reports_a_refused_upstream_certificate(
-    rollout: Rollout, tmp_path: Path
+@pytest.mark.parametrize("verify", [True, False])
+def test_smoke_test_with_an_untrusted_upstream_certificate(
+    rollout: Rollout, tmp_path: Path, verify: bool
 ) -> None:
     other_ca = write_ca(trustme.CA(), tmp_path / "other-ca.pem")
-    cert = trustme.CA().issue_cert("signal.internal")
+    cert = trustme.CA().issue_cert("signal.internal", not_after=datetime(2031, 5, 17, tzinfo=UTC))
 
     async def run_it() -> Run:
         async with tls_upstream("signal", cert) as signal:
             data = config_dict("http://unused", f"http://{HOST}:{free_port()}")
             data["upstreams"]["signal"] = _tls_signal(other_ca, signal.url)
+            data["upstreams"]["signal"]["tls"]["verify"] = verify
             path = write_config(tmp_path / "rollout.yaml", data)
             return await in_thread(rollout, "test", "--json", "-c", str(path))
 
     run = asyncio.run(run_it())
-    assert run.code == 1
+    assert run.code == 1  # legacy and the proxy are down either way
     doc = run.json()
-    assert doc["ok"] is False
     [peer] = doc["certificates"]
-    assert (peer["upstream"], peer["status"], peer["subject"]) == ("signal", "error", None)
-    assert peer["error"].startswith("certificate verify failed: unable to get local issuer")
+    signal_checks = [ch for ch in doc["checks"] if ch["target"] == "signal"]
+    if verify:
+        assert (peer["upstream"], peer["status"], peer["subject"]) == ("signal", "error", None)
+        assert peer["error"].startswith("certificate verify failed: unable to get local issuer")
+        assert not any(ch["ok"] for ch in signal_checks)
+    else:
+        # Not checked, still read: the certificate's binary form is there without verify.
+        assert (peer["status"], peer["error"]) == ("ok", None)
+        assert peer["subject"].startswith("O=trustme")
+        assert peer["not_after"] == "2031-05-17 00:00 UTC"
+        assert all(ch["ok"] for ch in signal_checks)
+
+
+def test_smoke_test_speaks_https_to_a_listener_with_tls(config_file: Path) -> None:
+    config = load_config(config_file)
+    assert proxy_url(config, None) == f"http://127.0.0.1:{config.listen.port}"
+    # `listen.tls` (SPEC 2) is read by name: a listener carrying it is reached over https.
+    listen = SimpleNamespace(host="0.0.0.0", port=8443, tls=SimpleNamespace(cert_file="x"))
+    assert proxy_url(SimpleNamespace(listen=listen), None) == "https://127.0.0.1:8443"  # type: ignore[arg-type]
+    assert proxy_url(config, "https://proxy.example/") == "https://proxy.example"
 
 
 async def test_promote_refuses_figures_from_a_percentage_the_proxy_has_not_applied(
