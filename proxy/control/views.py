@@ -5,8 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 from collections.abc import Mapping
 
+from proxy.config.certificates import (
+    WARN_DAYS,
+    Certificate,
+    CertificateError,
+    days_left,
+    expiry_status,
+    read_certificates,
+    tls_files,
+)
 from proxy.config.load import load_config
 from proxy.config.values import Config
 from proxy.control.client import LiveError, admin_url, fetch_diffs, fetch_metrics, live_status
@@ -20,7 +30,7 @@ from proxy.control.figures import (
     shadow_counts,
     shadow_from_prometheus,
 )
-from proxy.control.smoke import proxy_url, run_smoke
+from proxy.control.smoke import Check, PeerCertificate, peer_certificates, proxy_url, run_smoke
 from proxy.rollout.routing import choose_upstream, threshold
 from proxy.rollout.stages import (
     Criterion,
@@ -72,7 +82,48 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"  promotion   error rate < {p.max_error_rate:.1%}, p95 < {p.max_p95_ms:g} ms, "
         f"min {p.min_requests} requests"
     )
-    return EXIT_OK
+    return _print_certificates(config, Console(), time.time())
+
+
+def _print_certificates(config: Config, con: Console, now: float) -> int:
+    """Each TLS file's certificates; a warning within `WARN_DAYS` of expiry, an error
+    (exit 1) once expired or unreadable."""
+    failed = False
+    for key, path, bundle in tls_files(config):
+        con.line(f"  {key} {path}")
+        try:
+            certificates = read_certificates(path, bundle=bundle)
+        except CertificateError as exc:
+            con.error(f"{key}: {exc}")
+            failed = True
+            continue
+        for cert in certificates:
+            left = cert.seconds_left(now)
+            con.line(f"      subject {cert.subject}")
+            con.line(f"      issuer  {cert.issuer}")
+            con.line(f"      expires {cert.expires()} ({_days(left)})")
+            status = expiry_status(left)
+            if status == "expiring":
+                days = days_left(left)
+                con.warning(
+                    f"{key}: {_who(cert)} expires in {days} day{'' if days == 1 else 's'}, "
+                    f"on {cert.expires()}, within {WARN_DAYS} days ({path})"
+                )
+            elif status == "expired":
+                con.error(f"{key}: {_who(cert)} has expired: {cert.expires()} ({path})")
+                failed = True
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _days(seconds_left: float) -> str:
+    days = days_left(seconds_left)
+    if days < 0:
+        return "expired"
+    return f"{days} day{'' if days == 1 else 's'} left"
+
+
+def _who(cert: Certificate) -> str:
+    return f"certificate {cert.subject!r}"
 
 
 def _stage_of(config: Config) -> str:
@@ -200,11 +251,18 @@ def _figures_table(
 def cmd_test(args: argparse.Namespace) -> int:
     config = load_config(args.config_path)
     url = proxy_url(config, args.url)
-    checks = asyncio.run(run_smoke(config, url))
+    checks, peers = asyncio.run(_smoke_and_certificates(config, url))
+    now = time.time()
     failed = [c for c in checks if not c.ok]
+    bad_peers = [p for p in peers if p.status(now) in ("error", "expired")]
     if args.json:
-        print(json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, indent=2))
-        return EXIT_FAILED if failed else EXIT_OK
+        doc = {
+            "ok": not failed and not bad_peers,
+            "checks": [c.as_dict() for c in checks],
+            "certificates": [p.as_dict(now) for p in peers],
+        }
+        print(json.dumps(doc, indent=2))
+        return EXIT_FAILED if failed or bad_peers else EXIT_OK
     con = Console()
     rows = [
         [
@@ -218,12 +276,38 @@ def cmd_test(args: argparse.Namespace) -> int:
         for c in checks
     ]
     con.table(["target", "path", "status", "ms", "served by", "result"], rows)
-    if failed:
+    _print_peer_certificates(con, peers, now)
+    if failed or bad_peers:
         for c in failed:
             con.error(f"{c.target} {c.path}: {c.error or f'HTTP {c.status}'}")
         return EXIT_FAILED
     con.success(f"all {len(checks)} checks passed")
     return EXIT_OK
+
+
+async def _smoke_and_certificates(
+    config: Config, url: str
+) -> tuple[list[Check], list[PeerCertificate]]:
+    checks, peers = await asyncio.gather(run_smoke(config, url), peer_certificates(config))
+    return checks, peers
+
+
+def _print_peer_certificates(con: Console, peers: list[PeerCertificate], now: float) -> None:
+    for peer in peers:
+        where = f"{peer.upstream} certificate ({peer.server_name})"
+        cert = peer.certificate
+        if cert is None:
+            con.error(f"{where}: {peer.error}")
+            continue
+        left = cert.seconds_left(now)
+        text = f"{where}: {cert.subject}, issuer {cert.issuer}, expires {cert.expires()}"
+        status = peer.status(now)
+        if status == "ok":
+            con.info(f"{text} ({_days(left)})")
+        elif status == "expiring":
+            con.warning(f"{text}: {_days(left)}, within {WARN_DAYS} days")
+        else:
+            con.error(f"{text}: expired")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -25,18 +25,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 import yaml
 from aiohttp import web
 
+from proxy.config.load import load_config
 from proxy.control import cli
 from proxy.control.edit import set_value
 from proxy.control.history import HISTORY_FILE
+from proxy.control.smoke import proxy_url
 from proxy.demo.apis import legacy_app, signal_app
-from tests.support import HOST, ProxyProcess, UpstreamFactory, config_dict, free_port, server_url
+from tests.support import (
+    HOST,
+    ProxyProcess,
+    UpstreamFactory,
+    config_dict,
+    free_port,
+    server_url,
+    write_config,
+)
+from tests.support.tls import tls_upstream, write_ca, write_cert
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIG = ROOT / "config" / "rollout.yaml"
@@ -294,6 +307,65 @@ def test_check_invalid_config_lists_every_error(rollout: Rollout, tmp_path: Path
         assert any(key in problem for problem in problems), (key, run.err)
     assert "ftp://example.com" in run.err
     assert "'signals/today' does not start with '/'" in run.err
+
+
+def _tls_config(tmp_path: Path, client_not_after: datetime) -> Path:
+    """A config whose https signal has a CA file and a client certificate expiring then."""
+    ca = trustme.CA(organization_name="Example Internal CA")
+    ca_file = write_ca(ca, tmp_path / "ca.pem")
+    client = ca.issue_cert(
+        "rollout-proxy.internal", common_name="rollout-proxy", not_after=client_not_after
+    )
+    files = write_cert(client, tmp_path, "client")
+    tls = {"ca_file": str(ca_file), "cert_file": str(files.cert), "key_file": str(files.key)}
+    data = config_dict(
+        "http://unused",
+        "http://unused",
+        upstreams={
+            "signal": {"url": f"https://{HOST}:8443", "tls": tls},
+            "legacy": {"url": f"http://{HOST}:8001"},
+        },
+    )
+    return write_config(tmp_path / "rollout.yaml", data)
+
+
+def test_check_prints_each_tls_certificate(rollout: Rollout, tmp_path: Path) -> None:
+    path = _tls_config(tmp_path, datetime.now(UTC) + timedelta(days=400, hours=1))
+    run = rollout("check", "-c", str(path))
+    assert run.code == 0, run.text
+    lines = run.out.splitlines()
+    ca_at = lines.index(f"  upstreams.signal.tls.ca_file {tmp_path / 'ca.pem'}")
+    assert lines[ca_at + 1].startswith("      subject O=Example Internal CA")
+    assert lines[ca_at + 2].startswith("      issuer  O=Example Internal CA")
+    cert_at = lines.index(f"  upstreams.signal.tls.cert_file {tmp_path / 'client.crt'}")
+    assert "CN=rollout-proxy" in lines[cert_at + 1]
+    assert lines[cert_at + 3].endswith("(400 days left)")
+    assert "WARNING" not in run.out
+    assert run.err == ""
+
+
+def test_check_warns_when_a_certificate_expires_within_14_days(
+    rollout: Rollout, tmp_path: Path
+) -> None:
+    path = _tls_config(tmp_path, datetime.now(UTC) + timedelta(days=3, hours=1))
+    run = rollout("check", "-c", str(path))
+    assert run.code == 0, run.text
+    [warning] = [line for line in run.out.splitlines() if line.startswith("WARNING")]
+    assert "upstreams.signal.tls.cert_file: certificate " in warning
+    assert "CN=rollout-proxy" in warning
+    assert " expires in 3 days, on 20" in warning
+    assert warning.endswith(f"within 14 days ({tmp_path / 'client.crt'})")
+    assert run.err == ""
+
+
+def test_check_fails_on_an_expired_certificate(rollout: Rollout, tmp_path: Path) -> None:
+    path = _tls_config(tmp_path, datetime.now(UTC) - timedelta(days=2))
+    run = rollout("check", "-c", str(path))
+    assert run.code == 1, run.text
+    assert f"{path}: valid" in run.out  # the file is valid; the certificate is not
+    [error] = [line for line in run.err.splitlines() if line.startswith("ERROR")]
+    assert "upstreams.signal.tls.cert_file: certificate " in error
+    assert "has expired" in error
 
 
 # --- explain ----------------------------------------------------------------------------
@@ -980,6 +1052,88 @@ def test_smoke_test_without_anything_running_fails(rollout: Rollout, tmp_path: P
     assert doc["ok"] is False
     assert len(doc["checks"]) == 9
     assert not any(ch["ok"] for ch in doc["checks"])
+
+
+def _tls_signal(ca_file: Path, url: str) -> dict[str, Any]:
+    return {"url": url, "tls": {"ca_file": str(ca_file), "server_name": "signal.internal"}}
+
+
+async def test_smoke_test_reports_the_upstream_server_certificate(
+    upstream: UpstreamFactory,
+    serve_proxy: Callable[..., ProxyProcess],
+    rollout: Rollout,
+    tmp_path: Path,
+) -> None:
+    ca = trustme.CA(organization_name="Example Internal CA")
+    ca_file = write_ca(ca, tmp_path / "ca.pem")
+    expires = datetime.now(UTC) + timedelta(days=5, hours=1)
+    cert = ca.issue_cert("signal.internal", common_name="signal.internal", not_after=expires)
+    legacy = await upstream(legacy_app())
+    async with tls_upstream("signal", cert) as signal:
+        data = live_config("http://unused", server_url(legacy))
+        data["upstreams"]["signal"] = _tls_signal(ca_file, signal.url)
+        proxy = serve_proxy(data)
+        c = ("-c", str(proxy.config_path))
+
+        run = await in_thread(rollout, "test", *c)
+        assert run.code == 0, run.text  # expiring soon is a warning, not a failure
+        assert "all 9 checks passed" in run.out
+        assert table_row(run.out, "signal")[-1] == "ok"  # reached with its CA and name
+        [warning] = [line for line in run.out.splitlines() if line.startswith("WARNING")]
+        assert warning.startswith("WARNING  signal certificate (signal.internal): O=trustme")
+        assert "CN=signal.internal, issuer O=Example Internal CA" in warning
+        assert warning.endswith(": 5 days left, within 14 days")
+
+        run = await in_thread(rollout, "test", "--json", *c)
+        assert run.code == 0, run.text
+        [peer] = run.json()["certificates"]
+        assert peer["upstream"] == "signal"
+        assert peer["server_name"] == "signal.internal"
+        assert peer["subject"].endswith(", CN=signal.internal")
+        assert peer["not_after"] == expires.strftime("%Y-%m-%d %H:%M UTC")
+        assert (peer["days_left"], peer["status"], peer["error"]) == (5, "expiring", None)
+        assert signal.server_names.count("signal.internal") == signal.handshakes
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_smoke_test_with_an_untrusted_upstream_certificate(
+    rollout: Rollout, tmp_path: Path, verify: bool
+) -> None:
+    other_ca = write_ca(trustme.CA(), tmp_path / "other-ca.pem")
+    cert = trustme.CA().issue_cert("signal.internal", not_after=datetime(2031, 5, 17, tzinfo=UTC))
+
+    async def run_it() -> Run:
+        async with tls_upstream("signal", cert) as signal:
+            data = config_dict("http://unused", f"http://{HOST}:{free_port()}")
+            data["upstreams"]["signal"] = _tls_signal(other_ca, signal.url)
+            data["upstreams"]["signal"]["tls"]["verify"] = verify
+            path = write_config(tmp_path / "rollout.yaml", data)
+            return await in_thread(rollout, "test", "--json", "-c", str(path))
+
+    run = asyncio.run(run_it())
+    assert run.code == 1  # legacy and the proxy are down either way
+    doc = run.json()
+    [peer] = doc["certificates"]
+    signal_checks = [ch for ch in doc["checks"] if ch["target"] == "signal"]
+    if verify:
+        assert (peer["upstream"], peer["status"], peer["subject"]) == ("signal", "error", None)
+        assert peer["error"].startswith("certificate verify failed: unable to get local issuer")
+        assert not any(ch["ok"] for ch in signal_checks)
+    else:
+        # Not checked, still read: the certificate's binary form is there without verify.
+        assert (peer["status"], peer["error"]) == ("ok", None)
+        assert peer["subject"].startswith("O=trustme")
+        assert peer["not_after"] == "2031-05-17 00:00 UTC"
+        assert all(ch["ok"] for ch in signal_checks)
+
+
+def test_smoke_test_speaks_https_to_a_listener_with_tls(config_file: Path) -> None:
+    config = load_config(config_file)
+    assert proxy_url(config, None) == f"http://127.0.0.1:{config.listen.port}"
+    # `listen.tls` (SPEC 2) is read by name: a listener carrying it is reached over https.
+    listen = SimpleNamespace(host="0.0.0.0", port=8443, tls=SimpleNamespace(cert_file="x"))
+    assert proxy_url(SimpleNamespace(listen=listen), None) == "https://127.0.0.1:8443"  # type: ignore[arg-type]
+    assert proxy_url(config, "https://proxy.example/") == "https://proxy.example"
 
 
 async def test_promote_refuses_figures_from_a_percentage_the_proxy_has_not_applied(

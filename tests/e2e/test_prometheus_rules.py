@@ -12,10 +12,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 import yaml
 
 from proxy.demo.apis import legacy_app, signal_app
-from tests.support import ProxyProcess, UpstreamFactory, config_dict, server_url
+from tests.support import HOST, ProxyProcess, UpstreamFactory, config_dict, server_url
+from tests.support.tls import tls_upstream, write_ca, write_cert
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "deploy" / "prometheus"
@@ -64,6 +66,8 @@ def test_every_alert_has_a_firing_and_a_silent_case() -> None:
         "RolloutFallbackRateHigh",
         "RolloutNoSignalTraffic",
         "RolloutProxyDown",
+        "RolloutTLSCertificateExpiringSoon",
+        "RolloutTLSCertificateExpiryCritical",
     } <= alerts
 
 
@@ -128,20 +132,35 @@ def test_dashboard_is_valid_grafana_json() -> None:
 
 
 async def test_every_promql_name_is_exposed_by_a_running_proxy(
-    upstream: UpstreamFactory, serve_proxy: Callable[..., ProxyProcess]
+    upstream: UpstreamFactory, serve_proxy: Callable[..., ProxyProcess], tmp_path: Path
 ) -> None:
     signal = await upstream(signal_app())
     legacy = await upstream(legacy_app())
-    # Shadow on, so its labelled series exist too.
-    proxy = serve_proxy(
-        config_dict(server_url(signal), server_url(legacy), shadow={"enabled": True})
-    )
-    async with aiohttp.ClientSession() as client:
-        for sid in ("to-signal", "someone"):
-            async with client.get(proxy.url + "/health", headers={"X-Session-Id": sid}) as r:
-                assert r.status == 200
-        async with client.get(proxy.admin_url + "/metrics") as r:
-            exposition = await r.text()
+    # Shadow on, so its labelled series exist too; legacy over mutual TLS, so the
+    # certificate expiry gauge has a series.
+    ca = trustme.CA()
+    client_files = write_cert(ca.issue_cert("rollout-proxy"), tmp_path, "client")
+    tls = {
+        "ca_file": str(write_ca(ca, tmp_path / "ca.pem")),
+        "cert_file": str(client_files.cert),
+        "key_file": str(client_files.key),
+    }
+    async with tls_upstream("legacy", ca.issue_cert(HOST), client_ca=ca) as tls_legacy:
+        upstreams = {
+            "signal": {"url": server_url(signal)},
+            "legacy": {"url": tls_legacy.url, "tls": tls},
+        }
+        data = config_dict(
+            server_url(signal), server_url(legacy), upstreams=upstreams, shadow={"enabled": True}
+        )
+        proxy = serve_proxy(data)
+        async with aiohttp.ClientSession() as client:
+            for sid in ("to-signal", "someone"):
+                async with client.get(proxy.url + "/health", headers={"X-Session-Id": sid}) as r:
+                    assert r.status == 200
+            async with client.get(proxy.admin_url + "/metrics") as r:
+                exposition = await r.text()
+    assert 'rollout_tls_certificate_expiry_seconds{certificate="legacy"}' in exposition
     exposed = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", exposition, re.MULTILINE))
     rules = yaml.safe_load((PROM / "rules.yml").read_text())
     recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
