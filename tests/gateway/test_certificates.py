@@ -12,9 +12,12 @@ import pytest
 import trustme
 from prometheus_client import generate_latest
 
+from proxy.app import build_runtime
+from proxy.config.load import load_config
 from proxy.config.tls import server_context
 from proxy.config.values import ListenTLS
 from proxy.gateway.certificates import ListenCertificates
+from proxy.gateway.reload import reload_now
 from proxy.telemetry.metrics import Metrics
 from tests.support import metric_value
 from tests.support.listen_tls import replace_by_rename, replace_in_place
@@ -106,3 +109,24 @@ def test_a_bad_pair_is_refused_and_the_old_context_kept(
     replace_by_rename(_leaf(ca, "fixed", 30), cert, key)
     assert certs.check() is True
     assert installed == [certs.context]
+
+
+async def test_every_valid_reload_checks_the_files_again(tmp_path: Path) -> None:
+    path = tmp_path / "rollout.yaml"
+    upstreams = (
+        "upstreams: {signal: {url: 'http://127.0.0.1:8000'}, "
+        "legacy: {url: 'http://127.0.0.1:8001'}}\n"
+    )
+    path.write_text(upstreams)
+    runtime = build_runtime(path, load_config(path))
+    calls: list[int] = []
+    runtime.after_reload.append(lambda: calls.append(1))
+    assert reload_now(runtime, trigger="test").applied is False  # unchanged: still checked
+    assert calls == [1]
+    path.write_text("timeouts: {connect: 2.5}\n" + upstreams)
+    assert reload_now(runtime, trigger="test").applied is True
+    assert calls == [1, 1]
+    path.write_text("timeouts: {connect: -1}\n" + upstreams)
+    assert reload_now(runtime, trigger="test").ok is False  # refused: not checked
+    assert calls == [1, 1]
+    runtime.close_pools()
