@@ -21,6 +21,7 @@ from proxy import __version__
 from proxy.admin import create_admin_app
 from proxy.config.load import load_config
 from proxy.config.values import Config
+from proxy.gateway.certificates import ListenCertificates
 from proxy.gateway.handler import make_handler
 from proxy.gateway.relay import relay_response
 from proxy.gateway.reload import POLL_INTERVAL, reload_now, watch
@@ -40,20 +41,25 @@ KEEPALIVE_SECONDS = 75.0
 
 
 @contextlib.asynccontextmanager
-async def running(runtime: Runtime, *, poll_interval: float) -> AsyncIterator[None]:
+async def running(
+    runtime: Runtime, *, poll_interval: float, certificates: ListenCertificates | None = None
+) -> AsyncIterator[None]:
     """The process's background work: the config watcher; at the end, shadow mirrors
     still running are cancelled and the pools closed.
 
     `poll_interval` 0 turns the watcher off (reload then only on SIGHUP or
     `POST /-/reload`).
     """
-    task = None
+    tasks = []
     if poll_interval > 0:
-        task = asyncio.create_task(watch(runtime, poll_interval), name="config-watch")
+        tasks.append(asyncio.create_task(watch(runtime, poll_interval), name="config-watch"))
+        if certificates is not None:
+            watching = certificates.watch(poll_interval)
+            tasks.append(asyncio.create_task(watching, name="certificate-watch"))
     try:
         yield
     finally:
-        if task is not None:
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -102,14 +108,23 @@ async def serve(
         if not worker_index:
             await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
         await public.start(
-            config.listen.host, config.listen.port, reuse_port=worker_index is not None
+            config.listen.host,
+            config.listen.port,
+            reuse_port=worker_index is not None,
+            ssl_context=config.listen.ssl_context,
         )
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         await admin_runner.cleanup()
         return 2
+    certificates = None
+    if config.listen.tls is not None and config.listen.ssl_context is not None:
+        certificates = ListenCertificates(
+            config.listen.tls, config.listen.ssl_context, public.set_ssl_context, runtime.metrics
+        )
+        runtime.after_reload.append(certificates.check)
 
-    async with running(runtime, poll_interval=poll_interval):
+    async with running(runtime, poll_interval=poll_interval, certificates=certificates):
         return await _serve_until_stopped(
             runtime, config, path, grace, on_ready, public, admin_runner
         )
@@ -130,8 +145,9 @@ async def _serve_until_stopped(
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: reload_now(runtime, trigger="SIGHUP"))
     log.info(
-        "rollout-proxy %s serving on http://%s:%d (admin http://%s:%d), config %s: %s",
+        "rollout-proxy %s serving on %s://%s:%d (admin http://%s:%d), config %s: %s",
         __version__,
+        public.scheme,
         config.listen.host,
         config.listen.port,
         config.admin.host,

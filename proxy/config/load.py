@@ -19,7 +19,7 @@ import yaml
 from yarl import URL
 
 from proxy.config.reader import Section, UniqueKeyLoader, yaml_message
-from proxy.config.tls import TLSFileError, client_context
+from proxy.config.tls import TLSFileError, client_context, server_context
 from proxy.config.values import (
     DEFAULT_FEATURE,
     AdminConfig,
@@ -28,6 +28,7 @@ from proxy.config.values import (
     Feature,
     GuardConfig,
     Listener,
+    ListenTLS,
     PromotionConfig,
     RolloutConfig,
     SessionConfig,
@@ -184,12 +185,35 @@ def _build_config(root: Section) -> Config | None:
 
 
 def _build_listener(s: Section, default: Listener) -> Listener:
-    value = Listener(
-        host=s.get("host", str, default.host, _non_empty),
-        port=s.get("port", int, default.port, _port),
-    )
-    s.finish(("host", "port"))
-    return value
+    host = s.get("host", str, default.host, _non_empty)
+    port = s.get("port", int, default.port, _port)
+    tls, context = _build_listen_tls(s) if s.has("tls") else (None, None)
+    s.finish(("host", "port", "tls"))
+    return Listener(host=host, port=port, tls=tls, ssl_context=context)
+
+
+def _build_listen_tls(listen: Section) -> tuple[ListenTLS | None, ssl.SSLContext | None]:
+    """`listen.tls` (HTTPS on the public port) and the server context made from it."""
+    if listen.data.get("tls") is None:
+        return None, None  # `tls: null`: plain HTTP
+    s = listen.section("tls")
+    if not isinstance(listen.data["tls"], dict):
+        return None, None  # (said by `section`)
+    cert_file = _optional_str(s, "cert_file")
+    key_file = _optional_str(s, "key_file")
+    client_ca_file = _optional_str(s, "client_ca_file")
+    s.finish(("cert_file", "key_file", "client_ca_file"))
+    for key, present in (("cert_file", cert_file), ("key_file", key_file)):
+        if present is None and not s.has(key):
+            s.error(key, "is required (the certificate chain and its private key, PEM)")
+    if cert_file is None or key_file is None:
+        return None, None
+    tls = ListenTLS(cert_file, key_file, client_ca_file)
+    try:
+        return tls, server_context(tls)
+    except TLSFileError as exc:
+        s.error(exc.key, exc.message)
+        return tls, None
 
 
 def _build_admin(s: Section) -> AdminConfig:

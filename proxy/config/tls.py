@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 import ssl
+import time
 from typing import Any
 
-from proxy.config.values import UpstreamTLS
+from proxy.config.values import ListenTLS, UpstreamTLS
 
 ALPN = ["http/1.1"]
 
@@ -58,6 +59,71 @@ def client_context(tls: UpstreamTLS) -> ssl.SSLContext:
     return context
 
 
+def server_context(tls: ListenTLS, *, now: float | None = None) -> ssl.SSLContext:
+    """The public listener's context: secure server defaults, TLS 1.2 at least, ALPN
+    `http/1.1`, the certificate chain and key; with `client_ca_file`, a client certificate
+    signed by one of its CAs is required (mutual TLS).
+
+    Raises `TLSFileError` naming the key of a file that cannot be read, a pair that does
+    not load, an expired certificate, or a CA bundle that is not PEM.
+    """
+    keys = ("cert_file", "key_file", "client_ca_file")
+    for key in keys:
+        path = getattr(tls, key)
+        if path is not None:
+            _check_readable(key, path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(ALPN)
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    except ssl.SSLError as exc:
+        raise TLSFileError(
+            "cert_file",
+            f"{tls.cert_file!r} and key_file {tls.key_file!r} do not load as a "
+            f"certificate and its key: {ssl_detail(exc)}",
+        ) from None
+    not_after = certificate_not_after(tls.cert_file)
+    if not_after is not None and not_after <= (time.time() if now is None else now):
+        expired = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(not_after))
+        raise TLSFileError("cert_file", f"{tls.cert_file!r} expired at {expired}")
+    if tls.client_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=tls.client_ca_file)
+        except ssl.SSLError as exc:
+            raise TLSFileError(
+                "client_ca_file",
+                f"{tls.client_ca_file!r} holds no usable PEM certificate: {ssl_detail(exc)}",
+            ) from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def certificate_summary(path: str) -> str:
+    """`subject commonName=example, expires 2027-01-01T00:00:00Z` for a log line ("?" parts when
+    the file cannot be decoded)."""
+    fields = _decode(path)
+    subject = "?"
+    if fields is not None:
+        parts = [
+            f"{name}={value}"
+            for rdn in fields.get("subject", ())
+            for name, value in rdn
+            if isinstance(name, str)
+        ]
+        subject = ",".join(parts) or "(empty)"
+        sans = [
+            value
+            for kind, value in fields.get("subjectAltName", ())
+            if kind in ("DNS", "IP Address")
+        ]
+        if sans:
+            subject += f" (names {', '.join(sans)})"
+    not_after = certificate_not_after(path)
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(not_after)) if not_after else "?"
+    return f"subject {subject}, expires {expires}"
+
+
 def _check_readable(key: str, path: str) -> None:
     try:
         with open(path, "rb") as file:
@@ -86,6 +152,14 @@ def certificate_not_after(path: str) -> float | None:
     CPython itself uses in its tests and has kept since 3.x (no `cryptography` needed
     at run time for one date).
     """
+    fields = _decode(path)
+    not_after = fields.get("notAfter") if fields is not None else None
+    if not isinstance(not_after, str):
+        return None
+    return float(ssl.cert_time_to_seconds(not_after))
+
+
+def _decode(path: str) -> dict[str, Any] | None:
     decode: Any = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
     if decode is None:
         return None
@@ -93,7 +167,4 @@ def certificate_not_after(path: str) -> float | None:
         fields = decode(path)
     except (OSError, ssl.SSLError):
         return None
-    not_after = fields.get("notAfter") if isinstance(fields, dict) else None
-    if not isinstance(not_after, str):
-        return None
-    return float(ssl.cert_time_to_seconds(not_after))
+    return fields if isinstance(fields, dict) else None

@@ -18,9 +18,22 @@ SECRET = {"secret": True}
 
 
 @dataclass(frozen=True, slots=True)
+class ListenTLS:
+    """HTTPS on the public port (SPEC 2 `listen.tls`); the files are watched for rotation."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None  # PEM bundle: clients must present a certificate
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     host: str
     port: int
+    tls: ListenTLS | None = None  # None: plain HTTP
+    # Built from `tls` by `load_config`; what the listener starts with (rotation swaps
+    # in newer contexts at run time, `proxy.gateway.certificates`).
+    ssl_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

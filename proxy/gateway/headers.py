@@ -77,7 +77,7 @@ def request_head(
     peer = request.peer
     prior = incoming.get("X-Forwarded-For") and ", ".join(incoming.getall("X-Forwarded-For"))
     out.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
-    out.append(("X-Forwarded-Proto", "http"))
+    out.append(("X-Forwarded-Proto", request.scheme))
     host = incoming.get("Host")
     if host:
         out.append(("X-Forwarded-Host", host))

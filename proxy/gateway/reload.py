@@ -73,6 +73,8 @@ def reload_now(runtime: Runtime, *, trigger: str) -> ReloadResult:
     store.last_reload_ok = True
     store.last_error = None
     metrics.last_reload_ok.set(1)
+    for hook in runtime.after_reload:
+        hook()
     old = store.config
     if new == old:
         return ReloadResult(True, False, store.generation)

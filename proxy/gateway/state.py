@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,9 @@ class Runtime:
     active: int = 0  # requests in the gateway now (the drain waits for 0)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.time)
+    # Run after every reload that read a valid file (applied or not): e.g. the listen
+    # certificate's files are checked again.
+    after_reload: list[Callable[[], object]] = field(default_factory=list)
 
     @classmethod
     def create(cls, store: ConfigStore, version: str) -> Runtime:

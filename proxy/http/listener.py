@@ -14,6 +14,7 @@ import asyncio
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 
 from proxy.telemetry.logs import RateLimitedWarning
@@ -67,8 +68,12 @@ class Listener:
         loop: asyncio.AbstractEventLoop,
         sockets: list[socket.socket],
         protocol_factory: ProtocolFactory,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.loop = loop
+        # Read per accepted connection: swapping it (certificate rotation) changes the
+        # handshakes that start after, never one under way or a connection already open.
+        self.ssl_context = ssl_context
         self.sockets = sockets
         self.protocol_factory = protocol_factory
         self.closed = False
@@ -111,7 +116,8 @@ class Listener:
     def _set_up(self, conn: socket.socket) -> None:
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        task = self.loop.create_task(self.loop.connect_accepted_socket(self.protocol_factory, conn))
+        setup = self.loop.connect_accepted_socket(self.protocol_factory, conn, ssl=self.ssl_context)
+        task = self.loop.create_task(setup)
         self._setting_up.add(task)
         task.add_done_callback(self._set_up_done)
 

@@ -26,6 +26,7 @@ class Channel(Protocol):
 
     loop: asyncio.AbstractEventLoop
     peer: str
+    scheme: str
     lost: bool
 
     @property
@@ -179,6 +180,7 @@ class Request:
         "keep_alive",
         "method",
         "peer",
+        "scheme",
         "started",
         "target",
         "upgrade",
@@ -209,6 +211,7 @@ class Request:
         # cannot be relayed (it has a body); None for every other request.
         self.upgrade = upgrade
         self.peer = conn.peer
+        self.scheme = conn.scheme  # "http" or "https": how the client reached us
         self.started = False  # the response head has been written
         self.finished = False  # the whole response has been written
         self._chunked = False

@@ -25,6 +25,7 @@ import asyncio
 import collections
 import json
 import logging
+import ssl
 from typing import cast
 
 import httptools
@@ -60,6 +61,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        self.scheme = server.scheme  # X-Forwarded-Proto
         self.lost = False
         self._queue: collections.deque[Request | _Rejected] = collections.deque()
         self._current: Request | None = None  # being handled
@@ -388,11 +390,26 @@ class HttpServer:
         self.closing = False
         self.rejections = RateLimitedWarning(log)
         self._listener: Listener | None = None
+        self.scheme = "http"  # "https" once started with a TLS context
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         sockets = open_sockets(host, port, reuse_port=reuse_port)
-        self._listener = Listener(self.loop, sockets, lambda: HttpConnection(self))
+        self.scheme = "https" if ssl_context is not None else "http"
+        factory = lambda: HttpConnection(self)  # noqa: E731
+        self._listener = Listener(self.loop, sockets, factory, ssl_context)
         self._listener.start()
+
+    def set_ssl_context(self, context: ssl.SSLContext) -> None:
+        """New handshakes use `context` (certificate rotation); open connections keep theirs."""
+        if self._listener is not None:
+            self._listener.ssl_context = context
 
     def begin_drain(self) -> None:
         """From now on every response says `Connection: close` (reconnect elsewhere)."""

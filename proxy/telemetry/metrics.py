@@ -274,6 +274,16 @@ class Metrics:
             else:
                 child.set_function(_seconds_until(not_after))
 
+    def listen_certificate(self, not_after: float | None) -> None:
+        """The public listener's certificate being served (set when one is taken)."""
+        if not_after is None:
+            return
+        child = self.certificate_expiry.labels(certificate="listen")
+        if self.in_flight_per_request:
+            child.set(not_after - time.time())
+        else:
+            child.set_function(_seconds_until(not_after))
+
 
 def _seconds_until(moment: float) -> Callable[[], float]:
     return lambda: moment - time.time()
