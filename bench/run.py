@@ -163,14 +163,21 @@ class WrkResult:
 
 
 def run_wrk(
-    procs: Processes, url: str, connections: int, seconds: float, args: argparse.Namespace
+    procs: Processes,
+    url: str,
+    connections: int,
+    seconds: float,
+    args: argparse.Namespace,
+    extra: Sequence[str] = (),
 ) -> WrkResult:
+    """`extra`: more wrk arguments (`-H "Connection: close"`: a new connection per request)."""
     argv = [
         "wrk",
         "-t1",
         f"-c{connections}",
         f"-d{max(1, round(seconds))}s",
         f"--timeout={args.wrk_timeout}s",
+        *extra,
         "-s",
         str(BENCH / "wrk_report.lua"),
         url,
