@@ -22,27 +22,22 @@ See bench/README.md ("HTTPS on the public port").
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import nginx
-import trustme
 from procs import Processes
 from rounds import fmt, fmt_ratio, markdown, median, paired_ratio, rotated
 from run import (
     BenchError,
     RolloutCommand,
-    TimeLimitError,
     free_ports,
-    prepare_process,
     rollout_config,
     run_wrk,
-    time_limit,
     wait_until_up,
 )
+from tlsbench import parse_args, run_benchmark, throwaway_certificate
 
 CONFIGS = ("nginx-http", "nginx-https", "rollout-http", "rollout-https")
 MODES = {"keepalive": (), "handshake": ("-H", "Connection: close")}
@@ -75,13 +70,7 @@ def _nginx_conf(prefix: Path, ports: dict[str, int], cert: Path, key: Path) -> s
 def start(procs: Processes, args: argparse.Namespace, tmp: Path) -> dict[str, int]:
     names = ["signal", "legacy", *CONFIGS, "a1", "a2"]
     ports = dict(zip(names, free_ports(len(names)), strict=True))
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1")
-    cert, key = tmp / "server.pem", tmp / "server.key"
-    server.cert_chain_pems[0].write_to_path(str(cert))
-    for blob in server.cert_chain_pems[1:]:
-        blob.write_to_path(str(cert), append=True)
-    server.private_key_pem.write_to_path(str(key))
+    cert, key, _ = throwaway_certificate(tmp)
     for sub in ("logs", "temp/upstream", "temp/split"):
         (tmp / sub).mkdir(parents=True, exist_ok=True)
     upstream_conf = nginx.upstream_conf(
@@ -164,41 +153,9 @@ def _each(values: list[float]) -> str:
     return "per round: " + " ".join(f"{v:.2f}" for v in values)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=5)
-    parser.add_argument("--warmup", type=float, default=2)
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--rollout-rev", help="git archive REV proxy instead of the checkout")
-    parser.add_argument("--cpus", default="0")
-    parser.add_argument("--load-cpus", default="1")
-    parser.add_argument("--wrk-timeout", type=int, default=5)
-    parser.add_argument("--time-limit", type=float, default=900)
-    parser.add_argument("--json", help="write every run as JSON to this path")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if not prepare_process(["nginx", "wrk", "taskset"]):
-        return 2
-    with tempfile.TemporaryDirectory(prefix="rollout-https-bench-") as name:
-        tmp = args.tmp = Path(name)
-        procs = Processes(tmp)
-        try:
-            with time_limit(args.time_limit):
-                ports = start(procs, args, tmp)
-                runs = measure(procs, ports, args)
-        except (BenchError, TimeLimitError) as exc:
-            print(f"note: aborted: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            procs.stop_all()
-    print(report(runs))
-    if args.json:
-        Path(args.json).write_text(json.dumps(runs, indent=2))
-    return 0
+    args = parse_args(__doc__, argv, rounds=3, limit=900)
+    return run_benchmark(args, "rollout-https-bench-", start, measure, report)
 
 
 if __name__ == "__main__":

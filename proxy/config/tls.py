@@ -48,15 +48,20 @@ def client_context(tls: UpstreamTLS) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     if tls.cert_file is not None:
-        try:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-        except ssl.SSLError as exc:
-            raise TLSFileError(
-                "cert_file",
-                f"{tls.cert_file!r} and key_file {tls.key_file!r} do not load as a "
-                f"certificate and its key: {ssl_detail(exc)}",
-            ) from None
+        _load_pair(context, tls.cert_file, tls.key_file)
     return context
+
+
+def _load_pair(context: ssl.SSLContext, cert_file: str, key_file: str | None) -> None:
+    """The certificate chain and its key, or `TLSFileError` saying they do not match."""
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except ssl.SSLError as exc:
+        raise TLSFileError(
+            "cert_file",
+            f"{cert_file!r} and key_file {key_file!r} do not load as a "
+            f"certificate and its key: {ssl_detail(exc)}",
+        ) from None
 
 
 def server_context(tls: ListenTLS, *, now: float | None = None) -> ssl.SSLContext:
@@ -75,14 +80,7 @@ def server_context(tls: ListenTLS, *, now: float | None = None) -> ssl.SSLContex
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(ALPN)
-    try:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-    except ssl.SSLError as exc:
-        raise TLSFileError(
-            "cert_file",
-            f"{tls.cert_file!r} and key_file {tls.key_file!r} do not load as a "
-            f"certificate and its key: {ssl_detail(exc)}",
-        ) from None
+    _load_pair(context, tls.cert_file, tls.key_file)
     not_after = certificate_not_after(tls.cert_file)
     if not_after is not None and not_after <= (time.time() if now is None else now):
         expired = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(not_after))
