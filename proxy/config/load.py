@@ -22,7 +22,10 @@ from proxy.config.reader import Section, UniqueKeyLoader, yaml_message
 from proxy.config.tls import TLSFileError, client_context, server_context
 from proxy.config.values import (
     DEFAULT_FEATURE,
+    ON_FAILURE,
     AdminConfig,
+    AutopilotConfig,
+    CompareLegacy,
     Config,
     FallbackConfig,
     Feature,
@@ -38,6 +41,7 @@ from proxy.config.values import (
     Upstream,
     Upstreams,
     UpstreamTLS,
+    Webhooks,
     format_value,
 )
 from proxy.errors import ConfigError
@@ -167,18 +171,20 @@ def _build_config(root: Section) -> Config | None:
     else:
         root.error("upstreams", "is required (signal.url and legacy.url)")
         upstreams = Upstreams(Upstream("signal", ""), Upstream("legacy", ""))
+    rollout = _build_rollout(root.section("rollout"))
     config = Config(
         upstreams=upstreams,
         listen=_build_listener(root.section("listen"), Listener("0.0.0.0", 8080)),
         admin=_build_admin(root.section("admin")),
         timeouts=_build_timeouts(root.section("timeouts")),
         session=_build_session(root.section("session")),
-        rollout=_build_rollout(root.section("rollout")),
+        rollout=rollout,
         fallback=_build_fallback(root.section("fallback")),
         guard=_build_guard(root.section("guard")),
         promotion=_build_promotion(root.section("promotion")),
         shadow=_build_shadow(root.section("shadow")),
         upgrade=_build_upgrade(root.section("upgrade")),
+        autopilot=_build_autopilot(root.section("autopilot"), rollout),
     )
     root.finish(tuple(f.name for f in fields(Config)))
     return config
@@ -453,3 +459,83 @@ def _build_upgrade(s: Section) -> UpgradeConfig:
     )
     s.finish(("enabled", "idle_timeout", "max_connections", "drain_on_rollback"))
     return value
+
+
+def _build_autopilot(s: Section, rollout: RolloutConfig) -> AutopilotConfig:
+    d = AutopilotConfig()
+    compare: CompareLegacy | None = d.compare_legacy
+    if s.has("compare_legacy") and s.data["compare_legacy"] is None:
+        compare = None
+    elif s.has("compare_legacy"):
+        c = s.section("compare_legacy")
+        dc = CompareLegacy()
+        compare = CompareLegacy(
+            max_error_rate_delta=c.get(
+                "max_error_rate_delta", float, dc.max_error_rate_delta, _ratio
+            ),
+            max_p95_ratio=c.get(
+                "max_p95_ratio",
+                float,
+                dc.max_p95_ratio,
+                lambda v: None if v >= 1 else "must be at least 1 (1.5: up to 50 % slower)",
+            ),
+        )
+        c.finish(("max_error_rate_delta", "max_p95_ratio"))
+    gates = s.get_list("gates", float, d.gates, _percentage)
+    for i, gate in enumerate(gates):
+        if gate not in rollout.stages:
+            s.error(
+                f"gates[{i}]",
+                f"{format_value(gate)} is not a stage (rollout.stages: "
+                f"{format_value(rollout.stages)})",
+            )
+    w = s.section("webhooks")
+    webhooks = Webhooks(
+        confirm=w.get_list("confirm", str, (), _webhook_url),
+        events=w.get_list("events", str, (), _webhook_url),
+    )
+    w.finish(("confirm", "events"))
+    value = AutopilotConfig(
+        enabled=s.get("enabled", bool, d.enabled),
+        interval=s.get("interval", float, d.interval, _interval),
+        bake=s.get("bake", float, d.bake, _not_negative),
+        checks=s.get("checks", int, d.checks, _at_least_one),
+        failure_limit=s.get("failure_limit", int, d.failure_limit, _at_least_one),
+        min_requests=s.get("min_requests", int, d.min_requests, _at_least_one),
+        max_inconclusive=s.get("max_inconclusive", int, d.max_inconclusive, _at_least_one),
+        max_errors=s.get("max_errors", int, d.max_errors, _at_least_one),
+        compare_legacy=compare,
+        gates=gates,
+        on_failure=s.get(
+            "on_failure",
+            str,
+            d.on_failure,
+            lambda v: None if v in ON_FAILURE else f"is not one of {', '.join(ON_FAILURE)}",
+        ),
+        prometheus=s.get("prometheus", (str, type(None)), d.prometheus, _prometheus_url),
+        webhooks=webhooks,
+    )
+    s.finish(tuple(f.name for f in fields(AutopilotConfig)))
+    return value
+
+
+def _interval(value: float) -> str | None:
+    return None if 0.1 <= value <= 86400 else "is not within 0.1-86400 seconds"
+
+
+def _not_negative(value: float) -> str | None:
+    return None if value >= 0 and math.isfinite(value) else "must be 0 or more seconds"
+
+
+def _webhook_url(value: str) -> str | None:
+    try:
+        url = URL(value)
+    except ValueError:
+        return "is not a URL"
+    if url.scheme not in ("http", "https") or not url.host:
+        return "is not an http(s) URL"
+    return None
+
+
+def _prometheus_url(value: str | None) -> str | None:
+    return None if value is None else _webhook_url(value)

@@ -164,6 +164,43 @@ class UpgradeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CompareLegacy:
+    """How much worse than legacy signal may be and still pass (SPEC 13)."""
+
+    max_error_rate_delta: float = 0.005  # signal's error rate minus legacy's
+    max_p95_ratio: float = 1.5  # signal's p95 over legacy's
+
+
+@dataclass(frozen=True, slots=True)
+class Webhooks:
+    # URLs often carry a token (chat webhooks): never printed, only "changed".
+    confirm: tuple[str, ...] = field(default=(), metadata=SECRET)  # POSTed before a promotion
+    events: tuple[str, ...] = field(default=(), metadata=SECRET)  # POSTed after a decision
+
+
+ON_FAILURE = ("previous", "zero", "gradual")
+
+
+@dataclass(frozen=True, slots=True)
+class AutopilotConfig:
+    """The autopilot controller's plan (SPEC 13); read by `rollout autopilot`, not the proxy."""
+
+    enabled: bool = False
+    interval: float = 60.0  # seconds between analyses
+    bake: float = 600.0  # seconds at a stage before it may be promoted
+    checks: int = 3  # consecutive passes needed to promote, after the bake
+    failure_limit: int = 2  # consecutive failures that apply on_failure
+    min_requests: int = 100  # signal attempts an analysis needs; fewer: inconclusive
+    max_inconclusive: int = 10  # in a row: notify and wait for traffic
+    max_errors: int = 5  # unreadable figures in a row: notify and wait
+    compare_legacy: CompareLegacy | None = CompareLegacy()  # None: no comparison
+    gates: tuple[float, ...] = (100.0,)  # percentages entered only after `rollout approve`
+    on_failure: str = "previous"  # one of ON_FAILURE
+    prometheus: str | None = None  # URL: every replica's figures; None: the admin listener
+    webhooks: Webhooks = Webhooks()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     upstreams: Upstreams
     listen: Listener = Listener("0.0.0.0", 8080)
@@ -176,6 +213,7 @@ class Config:
     promotion: PromotionConfig = PromotionConfig()
     shadow: ShadowConfig = ShadowConfig()
     upgrade: UpgradeConfig = UpgradeConfig()
+    autopilot: AutopilotConfig = AutopilotConfig()
 
     def feature_percentages(self) -> dict[str, float]:
         """Configured percentage per feature, `default` being the global one."""
