@@ -1,0 +1,348 @@
+"""The autopilot's stage machine (SPEC 13), as a pure function of its state and one tick.
+
+A tick brings what the file says now (a person may have changed it), what operators asked
+(`rollout approve` / `pause` / `resume`, as counters the controller compares with what it
+last saw) and, except on the first tick after a change, one analysis. `decide` returns the
+state after the tick and at most one move (promote or roll back) plus the notices to post.
+
+Pauses have kinds, because they lift differently:
+
+| kind | set by | lifted by |
+|---|---|---|
+| `plan` | emergency on, or a percentage that is not a stage | the file back on the plan |
+| `person` | `rollout pause` | `rollout resume` |
+| `traffic`, `errors` | `max_inconclusive`, `max_errors` in a row | a conclusive analysis; resume |
+| `rollback` | applying `on_failure` | `rollout resume` (no automatic second try) |
+
+Whenever a pause lifts or a person changes the percentage, the bake starts again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import StrEnum
+
+from proxy.config.values import AutopilotConfig
+from proxy.rollout.analysis import Analysis, Outcome
+from proxy.rollout.stages import next_stage, previous_stage
+
+
+class Event(StrEnum):
+    """What the events webhook and the history call a decision (SPEC 13)."""
+
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+    PAUSE = "pause"
+    RESUME = "resume"
+    GATE = "gate"
+    APPROVE = "approve"
+    HUMAN_CHANGE = "human_change"
+
+
+class PauseKind(StrEnum):
+    PLAN = "plan"
+    PERSON = "person"
+    TRAFFIC = "traffic"
+    ERRORS = "errors"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True, slots=True)
+class PilotState:
+    """Everything the controller must remember across a restart."""
+
+    percentage: float  # what the file said (or the autopilot wrote) at the last tick
+    emergency: bool
+    stage_entered_at: float  # wall clock, seconds: when the bake started
+    passes: int = 0  # in a row
+    failures: int = 0  # in a row
+    inconclusive: int = 0  # in a row
+    errors: int = 0  # in a row
+    pause: PauseKind | None = None
+    pause_reason: str | None = None
+    waiting_gate: float | None = None  # the gated percentage a promotion waits for
+    approvals_used: int = 0  # operator approvals consumed
+    resumes_seen: int = 0  # operator resumes already acted on
+
+    def restarted(self, now: float) -> PilotState:
+        """The bake and every run counted again from `now`."""
+        return dataclasses.replace(
+            self,
+            stage_entered_at=now,
+            passes=0,
+            failures=0,
+            inconclusive=0,
+            errors=0,
+            waiting_gate=None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """What people asked, from the state file's operator part."""
+
+    approvals: int = 0
+    resumes: int = 0
+    paused: bool = False
+    pause_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    event: Event
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A write of `rollout.percentage`: a promotion or a rollback."""
+
+    event: Event  # PROMOTE or ROLLBACK
+    before: float
+    after: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    state: PilotState  # after the tick, the move (if any) applied
+    move: Move | None = None
+    notices: tuple[Notice, ...] = ()
+    # The state with this tick's analysis counted but the move not applied: what stands
+    # when the move cannot be made (a confirm hook said no, the write was refused).
+    counted: PilotState | None = None
+
+
+def initial_state(percentage: float, emergency: bool, now: float) -> PilotState:
+    return PilotState(percentage=percentage, emergency=emergency, stage_entered_at=now)
+
+
+def decide(
+    state: PilotState,
+    *,
+    config: AutopilotConfig,
+    stages: tuple[float, ...],
+    percentage: float,
+    emergency: bool,
+    operator: Operator,
+    analysis: Analysis | None,
+    now: float,
+) -> Decision:
+    """One tick of the machine; `percentage` and `emergency` are what the file says now."""
+    notices: list[Notice] = []
+    state = _follow_the_file(state, percentage, emergency, stages, now, notices)
+    state = _follow_operators(state, operator, now, notices)
+    if analysis is not None:
+        state = _count(state, analysis, config, now, notices)
+    if analysis is None or state.pause is not None:
+        return Decision(state, None, tuple(notices), state)
+
+    move, after = _move(state, analysis, config, stages, operator, now, notices)
+    return Decision(after, move, tuple(notices), state)
+
+
+def _follow_the_file(
+    state: PilotState,
+    percentage: float,
+    emergency: bool,
+    stages: tuple[float, ...],
+    now: float,
+    notices: list[Notice],
+) -> PilotState:
+    if percentage != state.percentage or emergency != state.emergency:
+        notices.append(Notice(Event.HUMAN_CHANGE, _describe_change(state, percentage, emergency)))
+        state = dataclasses.replace(state, percentage=percentage, emergency=emergency)
+        state = state.restarted(now)
+    off_plan = None
+    if emergency:
+        off_plan = "rollout.emergency is on"
+    elif percentage not in stages:
+        off_plan = f"{percentage:g} % is not a stage of rollout.stages"
+    if off_plan is not None and state.pause is None:
+        notices.append(Notice(Event.PAUSE, f"{off_plan}: the autopilot waits"))
+        return dataclasses.replace(state, pause=PauseKind.PLAN, pause_reason=off_plan)
+    if off_plan is None and state.pause is PauseKind.PLAN:
+        notices.append(Notice(Event.RESUME, f"back on the plan at {percentage:g} %"))
+        return dataclasses.replace(state, pause=None, pause_reason=None).restarted(now)
+    return state
+
+
+def _describe_change(state: PilotState, percentage: float, emergency: bool) -> str:
+    parts = []
+    if percentage != state.percentage:
+        parts.append(f"rollout.percentage {state.percentage:g} -> {percentage:g}")
+    if emergency != state.emergency:
+        parts.append(
+            f"rollout.emergency {str(state.emergency).lower()} -> {str(emergency).lower()}"
+        )
+    return ", ".join(parts) + " by someone else: the bake starts again"
+
+
+def _follow_operators(
+    state: PilotState, operator: Operator, now: float, notices: list[Notice]
+) -> PilotState:
+    if operator.resumes > state.resumes_seen:
+        state = dataclasses.replace(state, resumes_seen=operator.resumes)
+        if state.pause in (PauseKind.ROLLBACK, PauseKind.TRAFFIC, PauseKind.ERRORS):
+            notices.append(Notice(Event.RESUME, f"rollout resume (was: {state.pause_reason})"))
+            state = dataclasses.replace(state, pause=None, pause_reason=None).restarted(now)
+    if operator.paused and state.pause is None:
+        reason = operator.pause_reason or "no reason given"
+        notices.append(Notice(Event.PAUSE, f"rollout pause: {reason}"))
+        return dataclasses.replace(state, pause=PauseKind.PERSON, pause_reason=reason)
+    if not operator.paused and state.pause is PauseKind.PERSON:
+        notices.append(Notice(Event.RESUME, "rollout resume"))
+        return dataclasses.replace(state, pause=None, pause_reason=None).restarted(now)
+    return state
+
+
+def _count(
+    state: PilotState,
+    analysis: Analysis,
+    config: AutopilotConfig,
+    now: float,
+    notices: list[Notice],
+) -> PilotState:
+    """The runs after this analysis; automatic pauses set or lifted."""
+    outcome = analysis.outcome
+    if outcome is Outcome.ERROR:
+        state = dataclasses.replace(state, errors=state.errors + 1, passes=0)
+        if state.errors >= config.max_errors and state.pause is None:
+            reason = f"{state.errors} analyses in a row could not read figures ({analysis.reason})"
+            notices.append(Notice(Event.PAUSE, reason))
+            state = dataclasses.replace(state, pause=PauseKind.ERRORS, pause_reason=reason)
+        return state
+    if outcome is Outcome.INCONCLUSIVE:
+        state = dataclasses.replace(state, inconclusive=state.inconclusive + 1, passes=0)
+        if state.inconclusive >= config.max_inconclusive and state.pause is None:
+            reason = f"{state.inconclusive} inconclusive analyses in a row: waiting for traffic"
+            notices.append(Notice(Event.PAUSE, reason))
+            state = dataclasses.replace(state, pause=PauseKind.TRAFFIC, pause_reason=reason)
+        return state
+
+    if state.pause in (PauseKind.TRAFFIC, PauseKind.ERRORS):
+        notices.append(Notice(Event.RESUME, f"figures again ({outcome.value}): carrying on"))
+        state = dataclasses.replace(state, pause=None, pause_reason=None).restarted(now)
+    state = dataclasses.replace(state, inconclusive=0, errors=0)
+    if outcome is Outcome.PASS:
+        return dataclasses.replace(state, passes=state.passes + 1, failures=0)
+    if outcome is Outcome.FAIL:
+        return dataclasses.replace(state, passes=0, failures=state.failures + 1)
+    return dataclasses.replace(state, passes=0, failures=0)
+
+
+def _move(
+    state: PilotState,
+    analysis: Analysis,
+    config: AutopilotConfig,
+    stages: tuple[float, ...],
+    operator: Operator,
+    now: float,
+    notices: list[Notice],
+) -> tuple[Move | None, PilotState]:
+    if analysis.outcome is Outcome.FAIL and state.failures >= config.failure_limit:
+        return _roll_back(state, analysis, config, stages, now)
+
+    target = next_stage(stages, state.percentage)
+    if target is None:
+        return None, state
+    ready = now - state.stage_entered_at >= config.bake and state.passes >= config.checks
+    if target not in config.gates:
+        if not ready:
+            return None, state
+        return _promote(state, target, f"baked and {state.passes} passes in a row", now), state
+
+    approved = operator.approvals > state.approvals_used
+    waiting = state.waiting_gate == target
+    conclusive = analysis.outcome not in (Outcome.FAIL, Outcome.ERROR)
+    if approved and (ready or (waiting and conclusive)):
+        notices.append(Notice(Event.APPROVE, f"rollout approve opens the gate to {target:g} %"))
+        consumed = dataclasses.replace(state, approvals_used=state.approvals_used + 1)
+        return _promote(consumed, target, "approved at the gate", now), consumed
+    if ready and not waiting:
+        notices.append(Notice(Event.GATE, f"{target:g} % is a gate: waiting for `rollout approve`"))
+        return None, dataclasses.replace(state, waiting_gate=target)
+    return None, state
+
+
+def _promote(state: PilotState, target: float, why: str, now: float) -> tuple[Move, PilotState]:
+    move = Move(Event.PROMOTE, state.percentage, target, why)
+    return move, dataclasses.replace(state, percentage=target).restarted(now)
+
+
+def _roll_back(
+    state: PilotState,
+    analysis: Analysis,
+    config: AutopilotConfig,
+    stages: tuple[float, ...],
+    now: float,
+) -> tuple[Move | None, PilotState]:
+    target = rollback_target(config.on_failure, stages, state.percentage)
+    why = f"{state.failures} failed analyses in a row: {analysis.reason}"
+    if target is None:
+        reason = f"{why}; already at {state.percentage:g} %, nothing lower to roll back to"
+        paused = dataclasses.replace(state, pause=PauseKind.ROLLBACK, pause_reason=reason)
+        return None, paused
+    reason = (
+        f"rolled back {state.percentage:g} % -> {target:g} % ({why}); `rollout resume` to try again"
+    )
+    after = dataclasses.replace(state, percentage=target).restarted(now)
+    after = dataclasses.replace(after, pause=PauseKind.ROLLBACK, pause_reason=reason)
+    return Move(Event.ROLLBACK, state.percentage, target, why), after
+
+
+def rollback_target(on_failure: str, stages: tuple[float, ...], percentage: float) -> float | None:
+    """Where `on_failure` goes from `percentage`; None when there is nothing lower.
+
+    `gradual` lands where `previous` does (the steps on the way are the controller's).
+    """
+    if on_failure == "zero":
+        return 0.0 if percentage > 0 else None
+    return previous_stage(stages, percentage)
+
+
+def next_action(
+    state: PilotState,
+    config: AutopilotConfig,
+    stages: tuple[float, ...],
+    operator: Operator,
+    now: float,
+) -> str:
+    """What the autopilot will do next, in one sentence, for `rollout autopilot status`."""
+    if state.pause is not None:
+        lift = {
+            PauseKind.PLAN: "put the file back on a stage (and emergency off)",
+            PauseKind.PERSON: "`rollout resume`",
+            PauseKind.TRAFFIC: "traffic (the first conclusive analysis), or `rollout resume`",
+            PauseKind.ERRORS: "readable figures, or `rollout resume`",
+            PauseKind.ROLLBACK: "`rollout resume` to try again",
+        }[state.pause]
+        return f"paused ({state.pause_reason}); waits for {lift}"
+    target = next_stage(stages, state.percentage)
+    if target is None:
+        return f"at the last stage ({state.percentage:g} %): nothing more to promote"
+    left = state.stage_entered_at + config.bake - now
+    missing = max(config.checks - state.passes, 0)
+    gated = target in config.gates
+    approved = operator.approvals > state.approvals_used
+    if state.waiting_gate == target and not approved:
+        return f"waiting at the gate to {target:g} %: `rollout approve` opens it"
+    if state.waiting_gate == target:
+        return f"approved: promotes to {target:g} % at the next analysis that does not fail"
+    parts = []
+    if left > 0:
+        parts.append(f"bake {_duration(left)} more")
+    if missing:
+        parts.append(f"{missing} more passing analyses")
+    condition = " and ".join(parts) if parts else "the next passing analysis"
+    gate = " (a gate: needs `rollout approve`)" if gated and not approved else ""
+    return f"promote to {target:g} %{gate} after {condition}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(round(seconds), 0)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
