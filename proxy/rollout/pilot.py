@@ -251,7 +251,7 @@ def _move(
     if target not in config.gates:
         if not ready:
             return None, state
-        return _promote(state, target, f"baked and {state.passes} passes in a row", now), state
+        return _promote(state, target, f"baked and {state.passes} passes in a row", now)
 
     approved = operator.approvals > state.approvals_used
     waiting = state.waiting_gate == target
@@ -259,7 +259,7 @@ def _move(
     if approved and (ready or (waiting and conclusive)):
         notices.append(Notice(Event.APPROVE, f"rollout approve opens the gate to {target:g} %"))
         consumed = dataclasses.replace(state, approvals_used=state.approvals_used + 1)
-        return _promote(consumed, target, "approved at the gate", now), consumed
+        return _promote(consumed, target, "approved at the gate", now)
     if ready and not waiting:
         notices.append(Notice(Event.GATE, f"{target:g} % is a gate: waiting for `rollout approve`"))
         return None, dataclasses.replace(state, waiting_gate=target)
