@@ -332,7 +332,7 @@ def next_action(
         return f"approved: promotes to {target:g} % at the next analysis that does not fail"
     parts = []
     if left > 0:
-        parts.append(f"bake {_duration(left)} more")
+        parts.append(f"bake {duration_text(left)} more")
     if missing:
         parts.append(f"{missing} more passing analyses")
     condition = " and ".join(parts) if parts else "the next passing analysis"
@@ -340,9 +340,13 @@ def next_action(
     return f"promote to {target:g} %{gate} after {condition}"
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """`45 s`, `3 min 20 s`, `2 h 5 min`."""
     seconds = max(round(seconds), 0)
     if seconds < 60:
         return f"{seconds} s"
     minutes, rest = divmod(seconds, 60)
-    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    if minutes < 60:
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
