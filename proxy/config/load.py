@@ -190,9 +190,24 @@ def _build_config(root: Section) -> Config | None:
     return config
 
 
+# Several replicas on one host can read one file (the file the autopilot writes) and
+# still bind their own ports: these override `listen.port` and `admin.port`.
+PORT_OVERRIDES = {"listen": "ROLLOUT_LISTEN_PORT", "admin": "ROLLOUT_ADMIN_PORT"}
+
+
+def _port_from_env(s: Section, name: str, port: int) -> int:
+    raw = os.environ.get(PORT_OVERRIDES[s.path])
+    if raw is None or raw == "":
+        return port
+    if not raw.isdigit() or _port(int(raw)):
+        s.error(name, f"${PORT_OVERRIDES[s.path]}={raw!r} is not a port number (0-65535)")
+        return port
+    return int(raw)
+
+
 def _build_listener(s: Section, default: Listener) -> Listener:
     host = s.get("host", str, default.host, _non_empty)
-    port = s.get("port", int, default.port, _port)
+    port = _port_from_env(s, "port", s.get("port", int, default.port, _port))
     tls, context = _build_listen_tls(s) if s.has("tls") else (None, None)
     s.finish(("host", "port", "tls"))
     return Listener(host=host, port=port, tls=tls, ssl_context=context)
@@ -235,7 +250,7 @@ def _build_admin(s: Section) -> AdminConfig:
         token = None
     value = AdminConfig(
         host=s.get("host", str, d.host, _non_empty),
-        port=s.get("port", int, d.port, _port),
+        port=_port_from_env(s, "port", s.get("port", int, d.port, _port)),
         token=token,
     )
     s.finish(("host", "port", "token"))
