@@ -91,18 +91,24 @@ class ProxyProcess:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     _log: Any = field(default=None, repr=False)
+    # E.g. ROLLOUT_LISTEN_PORT / ROLLOUT_ADMIN_PORT: replicas on one host sharing one file.
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.data['listen']['port']}"
+        return f"http://{HOST}:{self.port}"
 
     @property
     def port(self) -> int:
-        return int(self.data["listen"]["port"])
+        return int(self.env.get("ROLLOUT_LISTEN_PORT") or self.data["listen"]["port"])
+
+    @property
+    def admin_port(self) -> int:
+        return int(self.env.get("ROLLOUT_ADMIN_PORT") or self.data["admin"]["port"])
 
     @property
     def admin_url(self) -> str:
-        return f"http://{HOST}:{self.data['admin']['port']}"
+        return f"http://{HOST}:{self.admin_port}"
 
     def start(self, *extra: str, timeout: float = 20.0) -> ProxyProcess:
         self._log = self.log_path.open("ab")
@@ -110,7 +116,7 @@ class ProxyProcess:
             [sys.executable, "-m", "proxy", "serve", "-c", str(self.config_path), *extra],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
