@@ -593,6 +593,20 @@ def test_emergency_during_a_rollback_pause_still_holds_after_resume() -> None:
     assert decision.state.pause is PauseKind.PLAN
 
 
+def test_rollout_pause_given_during_an_emergency_holds_when_the_emergency_ends() -> None:
+    run = Run(percentage=30, config=dataclasses.replace(CONFIG, bake=0.0, checks=1))
+    run.emergency = True
+    run.tick(None)
+    run.operator = Operator(paused=True, pause_reason="freeze")
+    assert run.tick(PASS).notices == ()  # the plan's pause stands; the person's waits
+    run.emergency = False
+    decision = run.tick(PASS)
+    assert events(decision) == [Event.HUMAN_CHANGE, Event.RESUME, Event.PAUSE]
+    assert decision.state.pause is PauseKind.PERSON
+    assert decision.move is None
+    assert run.tick(PASS).move is None
+
+
 def test_a_percentage_off_the_plan_pauses_until_back_on_it() -> None:
     run = Run(percentage=10)
     run.percentage = 20
