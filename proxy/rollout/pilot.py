@@ -14,7 +14,10 @@ Pauses have kinds, because they lift differently:
 | `traffic`, `errors` | `max_inconclusive`, `max_errors` in a row | a conclusive analysis; resume |
 | `rollback` | applying `on_failure` | `rollout resume` (no automatic second try) |
 
-Whenever a pause lifts or a person changes the percentage, the bake starts again.
+Whenever a pause lifts or a person changes the percentage, the bake starts again; the
+analysis on the tick of a person's change measured the old value, so it is not counted.
+Unreadable or too few figures say nothing about signal: they neither add to a run of
+failures nor end it.
 """
 
 from __future__ import annotations
@@ -131,10 +134,19 @@ def decide(
 ) -> Decision:
     """One tick of the machine; `percentage` and `emergency` are what the file says now."""
     notices: list[Notice] = []
+    changed = percentage != state.percentage or emergency != state.emergency
     state = _follow_the_file(state, percentage, emergency, stages, now, notices)
     state = _follow_operators(state, operator, now, notices)
+    if changed:
+        # The interval ran at the old value: it says nothing about the person's, which
+        # must not be promoted or rolled back on figures it never had.
+        analysis = None
     if analysis is not None:
         state = _count(state, analysis, config, now, notices)
+    # A pause lifted this tick (traffic back, a resume) may uncover one that still stands
+    # (emergency on, off the plan, `rollout pause`); both steps are idempotent.
+    state = _follow_the_file(state, percentage, emergency, stages, now, notices)
+    state = _follow_operators(state, operator, now, notices)
     if analysis is None or state.pause is not None:
         return Decision(state, None, tuple(notices), state)
 
@@ -207,6 +219,7 @@ def _count(
     """The runs after this analysis; automatic pauses set or lifted."""
     outcome = analysis.outcome
     if outcome is Outcome.ERROR:
+        # Failures and the run of inconclusive ones stand: unreadable figures say nothing.
         state = dataclasses.replace(state, errors=state.errors + 1, passes=0)
         if state.errors >= config.max_errors and state.pause is None:
             reason = f"{state.errors} analyses in a row could not read figures ({analysis.reason})"
@@ -214,7 +227,8 @@ def _count(
             state = dataclasses.replace(state, pause=PauseKind.ERRORS, pause_reason=reason)
         return state
     if outcome is Outcome.INCONCLUSIVE:
-        state = dataclasses.replace(state, inconclusive=state.inconclusive + 1, passes=0)
+        # Its figures were read: the run of unreadable ones ends; failures stand (no news).
+        state = dataclasses.replace(state, inconclusive=state.inconclusive + 1, errors=0, passes=0)
         if state.inconclusive >= config.max_inconclusive and state.pause is None:
             reason = f"{state.inconclusive} inconclusive analyses in a row: waiting for traffic"
             notices.append(Notice(Event.PAUSE, reason))
@@ -242,7 +256,7 @@ def _move(
     notices: list[Notice],
 ) -> tuple[Move | None, PilotState]:
     if analysis.outcome is Outcome.FAIL and state.failures >= config.failure_limit:
-        return _roll_back(state, analysis, config, stages, now)
+        return _roll_back(state, analysis, config, stages, now, notices)
 
     target = next_stage(stages, state.percentage)
     if target is None:
@@ -277,11 +291,13 @@ def _roll_back(
     config: AutopilotConfig,
     stages: tuple[float, ...],
     now: float,
+    notices: list[Notice],
 ) -> tuple[Move | None, PilotState]:
     target = rollback_target(config.on_failure, stages, state.percentage)
     why = f"{state.failures} failed analyses in a row: {analysis.reason}"
     if target is None:
         reason = f"{why}; already at {state.percentage:g} %, nothing lower to roll back to"
+        notices.append(Notice(Event.PAUSE, reason))  # no move to post: the pause says it
         paused = dataclasses.replace(state, pause=PauseKind.ROLLBACK, pause_reason=reason)
         return None, paused
     reason = (
@@ -315,7 +331,9 @@ def next_action(
             PauseKind.PLAN: "put the file back on a stage (and emergency off)",
             PauseKind.PERSON: "`rollout resume`",
             PauseKind.TRAFFIC: "traffic (the first conclusive analysis), or `rollout resume`",
-            PauseKind.ERRORS: "readable figures, or `rollout resume`",
+            PauseKind.ERRORS: (
+                "readable figures (the first conclusive analysis), or `rollout resume`"
+            ),
             PauseKind.ROLLBACK: "`rollout resume` to try again",
         }[state.pause]
         return f"paused ({state.pause_reason}); waits for {lift}"
@@ -334,7 +352,7 @@ def next_action(
     if left > 0:
         parts.append(f"bake {duration_text(left)} more")
     if missing:
-        parts.append(f"{missing} more passing analyses")
+        parts.append(f"{missing} more passing analys{'is' if missing == 1 else 'es'}")
     condition = " and ".join(parts) if parts else "the next passing analysis"
     gate = " (a gate: needs `rollout approve`)" if gated and not approved else ""
     return f"promote to {target:g} %{gate} after {condition}"
