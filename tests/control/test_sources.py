@@ -149,6 +149,31 @@ async def test_admin_deltas_are_what_was_sent(
     assert (await asyncio.to_thread(guarded_source.read)).guard_tripped is True
 
 
+async def test_admin_deltas_across_a_restart(
+    upstream: UpstreamFactory, serve_proxy: Callable[..., ProxyProcess]
+) -> None:
+    """The proxy restarts between the reads: its counters begin again from 0 and are lower
+    than before, so the deltas are the new values (Prometheus' reset rule)."""
+    signal = await upstream(timed_app(failing=True))
+    legacy = await upstream(timed_app())
+    proxy = serve_proxy(
+        config_dict(server_url(signal), server_url(legacy), guard={"enabled": False})
+    )
+    source = AdminSource(proxy.admin_url, None)
+    warmup = Burst(legacy=60, signal_ok=40, failed_gets=10, failed_posts=6, prefix="warm")
+    burst = Burst(legacy=12, signal_ok=8, failed_gets=3, failed_posts=2)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        assert await send(http, [proxy.url], warmup) == warmup.statuses()
+        before = await asyncio.to_thread(source.read)
+        assert await asyncio.to_thread(proxy.stop) == 0
+        await asyncio.to_thread(proxy.start)
+        assert await send(http, [proxy.url], burst) == burst.statuses()
+        after = await asyncio.to_thread(source.read)
+    s = sample_between(before, after)
+    assert (s.signal.attempts, s.signal.errors) == (burst.signal_attempts, burst.signal_errors)
+    assert (s.legacy.attempts, s.legacy.errors) == (burst.legacy_attempts, 0)
+
+
 async def test_admin_source_errors(
     upstream: UpstreamFactory, serve_proxy: Callable[..., ProxyProcess]
 ) -> None:
