@@ -36,6 +36,12 @@ QUERIES = {
     "buckets": "sum by (job, instance, upstream, le) (rollout_request_duration_seconds_bucket)",
     "guard": "max(rollout_guard_tripped)",
 }
+# All of them as one query, each series tagged with its figure. One query sees whole
+# scrapes only (Prometheus' head isolation); five could each see a different scrape, so
+# that served and errors of one interval would come from different moments.
+READ = " or ".join(
+    f'label_replace({expr}, "figure", "{name}", "", "")' for name, expr in QUERIES.items()
+)
 
 
 class FiguresError(Exception):
@@ -101,7 +107,7 @@ def counters_from_metrics(text: str, replica: str, read_at: float, *, where: str
 
 
 class PrometheusSource:
-    """Every replica Prometheus scrapes, each query evaluated at the same instant."""
+    """Every replica Prometheus scrapes, summed per replica by one instant query."""
 
     def __init__(self, url: str, *, clock: Clock = time.time) -> None:
         self.url = url.rstrip("/")
@@ -111,12 +117,16 @@ class PrometheusSource:
         return f"Prometheus {shown(self.url)}"
 
     def read(self) -> Counters:
-        # One evaluation time for every query: the values belong to the same scrapes.
         read_at = self._clock()
         try:
-            rows = {name: query(self.url, expr, at=read_at) for name, expr in QUERIES.items()}
+            answer = query(self.url, READ, at=read_at)
         except LiveError as exc:
             raise FiguresError(str(exc)) from exc
+        rows: dict[str, list[Row]] = {name: [] for name in QUERIES}
+        for row in answer:
+            figure = row.get("metric", {}).get("figure", "") if isinstance(row, dict) else ""
+            if figure in rows:
+                rows[figure].append(row)
         if not rows["errors"]:
             raise FiguresError(
                 f"{self.describe()}: no {MARKER} series: it scrapes no rollout-proxy "

@@ -21,7 +21,10 @@ import pytest
 from aiohttp import web
 
 from proxy.config.load import load_config
+from proxy.control.prometheus import Row, query
 from proxy.control.sources import (
+    QUERIES,
+    READ,
     AdminSource,
     FiguresError,
     PrometheusSource,
@@ -269,6 +272,14 @@ async def test_prometheus_deltas_over_two_replicas(
             ours = sum(v for c in direct for (_, u), v in getattr(c, field).items() if u == side)
             assert theirs == ours, (field, side)
 
+    # The one query the source sends is QUERIES together: each alone gives the same.
+    combined = await asyncio.to_thread(query, prom.url, READ, at=t2 / 1000)
+    for name, expr in QUERIES.items():
+        alone = await asyncio.to_thread(query, prom.url, expr, at=t2 / 1000)
+        tagged = [r for r in combined if r["metric"].get("figure") == name]
+        assert len(alone) > 0, name
+        assert series(tagged) == series(alone), name
+
     # histogram_quantile: ours on what we read equals Prometheus' on the same samples, for
     # the cumulative buckets at t2 and for their deltas since t1 (no reset in between).
     selector = 'rollout_request_duration_seconds_bucket{upstream="signal"}'
@@ -282,6 +293,13 @@ async def test_prometheus_deltas_over_two_replicas(
         ours = {0.5: s.signal.p50_ms, 0.95: s.signal.p95_ms, 0.99: s.signal.p99_ms}.get(q)
         if ours is not None:
             assert same(ours / 1000, theirs), (q, ours, theirs)
+
+
+def series(rows: list[Row]) -> dict[frozenset[tuple[str, str]], str]:
+    return {
+        frozenset((k, v) for k, v in r["metric"].items() if k != "figure"): str(r["value"][1])
+        for r in rows
+    }
 
 
 def instant(prom: PrometheusServer, expr: str, at_ms: int) -> float:
