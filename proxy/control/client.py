@@ -32,6 +32,7 @@ def fetch(url: str, token: str | None, *, timeout: float = 3.0) -> str:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             return str(response.read().decode("utf-8"))
     except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the response's socket
         raise LiveError(f"{url}: HTTP {exc.code}") from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)

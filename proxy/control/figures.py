@@ -8,12 +8,10 @@ attempts of signal are the requests it served plus the ones that fell back.
 
 from __future__ import annotations
 
-import json
-import urllib.parse
 from dataclasses import dataclass
-from typing import Any
 
-from proxy.control.client import LiveError, fetch, fetch_metrics, fetch_status
+from proxy.control.client import fetch_metrics, fetch_status
+from proxy.control.prometheus import Row, query, value_of
 from proxy.rollout.stages import Figures
 from proxy.status import StatusDocument, WindowFigures
 
@@ -137,19 +135,10 @@ def promql_queries(window: str) -> dict[str, str]:
     }
 
 
-def _query(prometheus: str, expr: str) -> list[dict[str, Any]]:
-    url = f"{prometheus.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    data = json.loads(fetch(url, None, timeout=10))
-    if data.get("status") != "success":
-        raise LiveError(f"Prometheus query failed: {data.get('error', data)}")
-    result: list[dict[str, Any]] = data["data"]["result"]
-    return result
-
-
-def _by_upstream(rows: list[dict[str, Any]]) -> dict[str, float]:
+def _by_upstream(rows: list[Row]) -> dict[str, float]:
     out: dict[str, float] = {}
     for row in rows:
-        value = float(row["value"][1])
+        value = value_of(row)
         if value == value:  # NaN when there was no traffic
             out[row["metric"].get("upstream", "")] = value
     return out
@@ -157,11 +146,11 @@ def _by_upstream(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def from_prometheus(prometheus: str, window: str) -> dict[str, SideFigures]:
     queries = promql_queries(window)
-    served = _by_upstream(_query(prometheus, queries["served"]))
-    errors = _by_upstream(_query(prometheus, queries["errors"]))
-    fallback_rows = _query(prometheus, queries["fallbacks"])
+    served = _by_upstream(query(prometheus, queries["served"]))
+    errors = _by_upstream(query(prometheus, queries["errors"]))
+    fallback_rows = query(prometheus, queries["fallbacks"])
     fallbacks = round(float(fallback_rows[0]["value"][1])) if fallback_rows else 0
-    quantiles = {q: _by_upstream(_query(prometheus, queries[q])) for q in ("p50", "p95", "p99")}
+    quantiles = {q: _by_upstream(query(prometheus, queries[q])) for q in ("p50", "p95", "p99")}
     figures = {}
     for side in SIDES:
         # A fallback is a signal attempt that legacy served.
@@ -186,7 +175,7 @@ def from_prometheus(prometheus: str, window: str) -> dict[str, SideFigures]:
 
 def shadow_from_prometheus(prometheus: str, window: str) -> Shadow:
     out: Shadow = {}
-    for row in _query(prometheus, promql_queries(window)["shadow"]):
+    for row in query(prometheus, promql_queries(window)["shadow"]):
         labels = row["metric"]
         if "feature" in labels and "result" in labels:
             value = round(float(row["value"][1]))
