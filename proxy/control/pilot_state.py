@@ -173,6 +173,8 @@ class ControllerLock:
 
     def acquire(self) -> None:
         """Take the lock or raise `AlreadyRunningError` naming the holder; never waits."""
+        if self._fd is not None:
+            return
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:

@@ -13,6 +13,7 @@ path or the query.
 from __future__ import annotations
 
 import collections
+import http.client
 import json
 import logging
 import threading
@@ -70,6 +71,10 @@ def _post_once(url: str, body: bytes, timeout: float) -> str | None:
         return f"cannot be reached: {exc.reason}"
     except OSError as exc:
         return f"cannot be reached: {exc}"
+    except http.client.HTTPException as exc:  # answered, but not in HTTP
+        return f"gave an answer that is not HTTP ({type(exc).__name__})"
+    except ValueError as exc:  # not a URL urllib can post to
+        return f"is not a usable URL ({exc})"
     return None if 200 <= status < 300 else f"answered {status}"
 
 
@@ -143,7 +148,10 @@ class Notifier:
                 self._busy = True
             try:
                 for url in self.urls:
-                    self._deliver(url, body)
+                    try:
+                        self._deliver(url, body)
+                    except Exception as exc:  # the thread must outlive any one post
+                        log.warning("events webhook %s failed: %r", shown(url), exc)
             finally:
                 with self._wake:
                     self._busy = False

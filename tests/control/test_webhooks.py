@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 
 import pytest
 
@@ -172,3 +174,37 @@ def test_confirm_reports_an_unreachable_hook() -> None:
     (problem,) = confirm([f"http://127.0.0.1:{free_port()}/x"], PAYLOAD, timeout=2)
     assert problem.startswith("confirm hook http://127.0.0.1:")
     assert "cannot be reached" in problem
+
+
+def test_an_answer_that_is_not_http_is_a_warning_and_later_posts_still_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    garbage = socket.socket()
+    garbage.bind(("127.0.0.1", 0))
+    garbage.listen()
+    garbage.settimeout(30)
+
+    def answer_garbage() -> None:
+        for _ in range(2):  # one connection per attempt
+            conn, _ = garbage.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"SPAM SPAM SPAM\r\n\r\n")
+
+    responder = threading.Thread(target=answer_garbage, daemon=True)
+    responder.start()
+    bad = f"http://127.0.0.1:{garbage.getsockname()[1]}/hook"
+    try:
+        with hook_server() as good:
+            notifier = Notifier([bad, good.url()], attempts=1, backoff=0.01)
+            with caplog.at_level(logging.WARNING, logger="rollout.webhooks"):
+                notifier.post({"n": 1})
+                notifier.post({"n": 2})
+                assert notifier.close(timeout=30) == 0
+    finally:
+        responder.join(timeout=30)
+        garbage.close()
+    assert [r.payload for r in good.received] == [{"n": 1}, {"n": 2}]
+    messages = [r.getMessage() for r in caplog.records if r.name == "rollout.webhooks"]
+    assert len(messages) == 2
+    assert all("gave an answer that is not HTTP" in m for m in messages)
