@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from proxy import __version__
 from proxy.config.load import load_config, resolve_config_path
-from proxy.control import moves, views
+from proxy.control import history_view, moves, pilot_commands, views
 from proxy.control.console import EXIT_FAILED, EXIT_USAGE
 from proxy.errors import ConfigError
 from proxy.telemetry.logs import setup_logging
@@ -130,7 +130,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     _add_ops_commands(add)
+    _add_autopilot_commands(add)
     return parser
+
+
+def _add_autopilot_commands(
+    add: Callable[[str, Command, str, str], argparse.ArgumentParser],
+) -> None:
+    """The autopilot's commands (SPEC 13): the operator's word to it, and the change log."""
+    reason = "why: recorded in the history"
+    p = add(
+        "approve",
+        pilot_commands.cmd_approve,
+        "let the autopilot enter the gate it waits at (given early: the next gate)",
+        "rollout approve --reason 'go to 100 %, agreed in #ops'",
+    )
+    p.add_argument("--reason", metavar="TEXT", help=reason)
+    p = add(
+        "pause",
+        pilot_commands.cmd_pause,
+        "stop the autopilot's decisions until `rollout resume`",
+        "rollout pause --reason 'load test tonight'",
+    )
+    p.add_argument("--reason", metavar="TEXT", help=reason)
+    p = add(
+        "resume",
+        pilot_commands.cmd_resume,
+        "restart the autopilot's decisions (also after a pause it put itself in)",
+        "rollout resume --reason 'load test over'",
+    )
+    p.add_argument("--reason", metavar="TEXT", help=reason)
+
+    p = add(
+        "history",
+        history_view.cmd_history,
+        "the change log, newest last, with the figures each decision saw",
+        "rollout history --last 5",
+    )
+    p.add_argument(
+        "--last",
+        type=_count,
+        default=history_view.DEFAULT_LAST,
+        metavar="N",
+        help=f"entries to show (default {history_view.DEFAULT_LAST}; 0 = all)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
 
 
 def _add_ops_commands(

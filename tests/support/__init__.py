@@ -5,7 +5,8 @@ Everything tests share lives in this package (never in a test file or a conftest
 `wire` (a fake transport for protocol tests), `fakes` / `probes` / `slowloris` /
 `reliability` (the reliability suite's fakes and helpers), `thirdparty` (httpbin and
 uvicorn as subprocess upstreams) with `sse_app` (the ASGI app uvicorn serves), `bursts`
-(bounded bursts of requests whose counter deltas are known in advance).
+(bounded bursts of requests whose counter deltas are known in advance), `hooks` (a webhook
+receiver in a thread of its own), `autopilot` (fleets, loads and the controller process).
 """
 
 from __future__ import annotations
