@@ -137,7 +137,32 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_autopilot_commands(
     add: Callable[[str, Command, str, str], argparse.ArgumentParser],
 ) -> None:
-    """The autopilot's commands (SPEC 13): the operator's word to it, and the change log."""
+    """The autopilot's commands (SPEC 13): the controller, the operator's word to it, and the
+    change log."""
+    from proxy.control.autopilot_view import cmd_autopilot
+
+    p = add(
+        "autopilot",
+        cmd_autopilot,
+        "run the autopilot: bake, analyse, promote or roll back by itself; "
+        "`rollout autopilot status` says where it stands",
+        "rollout autopilot --dry-run",
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["status"],
+        help="status: where the autopilot stands and what it does next",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="one analysis, then exit (0 pass/hold, 1 fail, 3 inconclusive, 4 unreadable)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="decide and print; write nothing")
+    p.add_argument("--admin", metavar="URL", help="admin listener (default: from the config)")
+    p.add_argument("--json", action="store_true", help="with status: machine-readable output")
+
     reason = "why: recorded in the history"
     p = add(
         "approve",

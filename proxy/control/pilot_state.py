@@ -243,3 +243,24 @@ def _holder(fd: int) -> _Holder:
     if isinstance(data.get("started"), str):
         out["started"] = data["started"]
     return out
+
+
+def lock_holder(config_path: Path) -> dict[str, Any] | None:
+    """The running controller of this config (pid, host, started), or None when none runs.
+
+    Probes the lock without keeping it: a lock this process can take is held by no one.
+    """
+    path = config_path.parent / CONTROLLER_LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return dict(_holder(fd)) or {"pid": None, "host": None}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

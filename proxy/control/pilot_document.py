@@ -1,0 +1,92 @@
+"""The controller's part of `rollout-autopilot.json`: written by `rollout autopilot`, read by
+`rollout autopilot status` (and by the controller itself after a restart)."""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict, cast
+
+from proxy.rollout.analysis import AnalysisDocument
+from proxy.rollout.pilot import PauseKind, PilotState
+
+KEEP_ANALYSES = 20  # the last analyses kept for `autopilot status`
+
+
+class StateDocument(TypedDict):
+    percentage: float
+    emergency: bool
+    stage_entered_at: float
+    passes: int
+    failures: int
+    inconclusive: int
+    errors: int
+    pause: str | None
+    pause_reason: str | None
+    waiting_gate: float | None
+    approvals_used: int
+    resumes_seen: int
+
+
+class AnalysisEntry(TypedDict):
+    time: float
+    percentage: float
+    analysis: AnalysisDocument
+
+
+class PendingMove(TypedDict):
+    """A write about to happen: after a crash, tells our own write from a person's."""
+
+    event: str
+    before: float
+    after: float
+    at: float
+
+
+class ControllerDocument(TypedDict):
+    state: StateDocument
+    analyses: list[AnalysisEntry]  # oldest first, at most KEEP_ANALYSES
+    next_at: float | None  # wall clock of the next analysis
+    held: str | None  # why the last promotion was held back (a confirm hook said no)
+    pending: PendingMove | None
+    pid: int
+    updated_at: float
+
+
+def state_document(state: PilotState) -> StateDocument:
+    return {
+        "percentage": state.percentage,
+        "emergency": state.emergency,
+        "stage_entered_at": state.stage_entered_at,
+        "passes": state.passes,
+        "failures": state.failures,
+        "inconclusive": state.inconclusive,
+        "errors": state.errors,
+        "pause": None if state.pause is None else state.pause.value,
+        "pause_reason": state.pause_reason,
+        "waiting_gate": state.waiting_gate,
+        "approvals_used": state.approvals_used,
+        "resumes_seen": state.resumes_seen,
+    }
+
+
+def pilot_state(doc: StateDocument) -> PilotState:
+    return PilotState(
+        percentage=float(doc["percentage"]),
+        emergency=bool(doc["emergency"]),
+        stage_entered_at=float(doc["stage_entered_at"]),
+        passes=int(doc["passes"]),
+        failures=int(doc["failures"]),
+        inconclusive=int(doc["inconclusive"]),
+        errors=int(doc["errors"]),
+        pause=None if doc["pause"] is None else PauseKind(doc["pause"]),
+        pause_reason=doc["pause_reason"],
+        waiting_gate=None if doc["waiting_gate"] is None else float(doc["waiting_gate"]),
+        approvals_used=int(doc["approvals_used"]),
+        resumes_seen=int(doc["resumes_seen"]),
+    )
+
+
+def controller_document(raw: dict[str, Any] | None) -> ControllerDocument | None:
+    """The controller part as read from the file; None when absent or not ours."""
+    if not raw or not isinstance(raw.get("state"), dict):
+        return None
+    return cast(ControllerDocument, raw)
