@@ -148,7 +148,9 @@ def _print(con: Console, v: StatusView, *, enabled: bool) -> None:
     if v["held"]:
         con.warning(f"held        {v['held']}")
     when = ""
-    if v["next_at"] is not None and not v["pause"]:
+    if not holder and v["passes"] is not None:
+        when = " (once `rollout autopilot` runs again)"
+    elif v["next_at"] is not None and not v["pause"]:
         when = f" (next analysis at {_clock(v['next_at'])})"
     con.line(f"next        {v['next_action']}{when}")
     if v["analyses"]:

@@ -240,7 +240,24 @@ def analyse(
     unmet = [c for c in checks if c.kind is Kind.PASS and c.ok is False]
     if unmet:
         return Analysis(Outcome.HOLD, "; ".join(c.describe() for c in unmet), tuple(checks), sample)
-    return Analysis(Outcome.PASS, "every criterion holds", tuple(checks), sample)
+    return Analysis(
+        Outcome.PASS, f"every criterion holds ({_summary(sample)})", tuple(checks), sample
+    )
+
+
+def _summary(sample: Sample) -> str:
+    """`signal 96 attempts, 0.00 % errors, p95 5 ms; legacy p95 5 ms`."""
+    s, legacy = sample.signal, sample.legacy
+
+    def ms(value: float | None) -> str:
+        value = _finite(value)
+        return "n/a" if value is None else f"{value:.0f} ms"
+
+    return (
+        f"signal {s.attempts} attempts, {s.error_rate * 100:.2f} % errors, p95 {ms(s.p95_ms)}; "
+        f"legacy {legacy.attempts} attempts, {legacy.error_rate * 100:.2f} % errors, "
+        f"p95 {ms(legacy.p95_ms)}"
+    )
 
 
 def _p95_check(name: str, kind: Kind, p95: float | None, limit: float, rule: str) -> Check:
