@@ -145,6 +145,7 @@ class Controller:
     notifier: Notifier | None
     clock: Callable[[], float] = time.time
     analyses: list[AnalysisEntry] = field(default_factory=list)
+    make_source: Callable[[Config, str | None], FiguresSource] = source_for
     source: FiguresSource | None = None
     baseline: Counters | None = None
     held: str | None = None
@@ -160,6 +161,7 @@ class Controller:
         dry_run: bool,
         say: Callable[[str], None],
         clock: Callable[[], float] = time.time,
+        make_source: Callable[[Config, str | None], FiguresSource] = source_for,
     ) -> Controller:
         now = clock()
         r = config.rollout
@@ -175,7 +177,9 @@ class Controller:
             baked = duration_text(now - state.stage_entered_at)
             say(f"autopilot resumes at {state.percentage:g} % (baked {baked})")
         notifier = None if dry_run else Notifier(config.autopilot.webhooks.events)
-        controller = cls(path, config, admin, state, dry_run, say, notifier, clock, analyses)
+        controller = cls(
+            path, config, admin, state, dry_run, say, notifier, clock, analyses, make_source
+        )
         if dry_run:
             say("dry run: decisions are printed, nothing is written and no webhook is called")
         return controller
@@ -251,7 +255,7 @@ class Controller:
 
     def _read(self) -> Counters | str:
         """The counters now, or why they could not be read."""
-        source = source_for(self.config, self.admin)
+        source = self.make_source(self.config, self.admin)
         if self.source is None or source.describe() != self.source.describe():
             self.source, self.baseline = source, None
         try:
