@@ -270,6 +270,28 @@ TABLE: list[tuple[str, Sample, AutopilotConfig, Outcome, tuple[str, ...]]] = [
         Outcome.HOLD,
         ("p95 ratio to legacy's 1.30x (needs <= 1.15x): not met",),
     ),
+    # --- p95s a few ms apart: finer than the 5/10/25 ms buckets resolve, never a regression
+    (
+        "2x legacy's p95 but 4.75 ms apart: ok",
+        sample(side(1000, p95=9.5), side(1000, p95=4.75)),
+        AUTOPILOT,
+        Outcome.PASS,
+        (),
+    ),
+    (
+        "exactly 10 ms apart at 3x: ok",
+        sample(side(1000, p95=15.0), side(1000, p95=5.0)),
+        AUTOPILOT,
+        Outcome.PASS,
+        (),
+    ),
+    (
+        "just over 10 ms apart at 3x: judged, fails",
+        sample(side(1000, p95=15.5), side(1000, p95=5.0)),
+        AUTOPILOT,
+        Outcome.FAIL,
+        ("p95 ratio to legacy's 3.10x (needs <= 2.00x): breached",),
+    ),
     # --- compare_legacy skipped: off, no legacy traffic, too little, no legacy p95
     (
         "compare_legacy null: much worse than legacy still passes",
