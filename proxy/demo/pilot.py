@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -52,7 +53,10 @@ class PilotPlan:
 
 
 def say(line: str) -> None:
-    print(line, flush=True)
+    # One write per line (print writes the newline apart): the controller's thread and the
+    # log handler share the terminal, and half lines would interleave.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 class PilotedDemo:

@@ -74,6 +74,22 @@ def _share_between(low: int, high: int) -> Callable[[str], bool]:
     return wanted
 
 
+def _steady_share(demo: DemoProcess, low: int, high: int, lines: int = 3) -> None:
+    """Wait for `lines` traffic lines in a row with signal's share within low-high: one
+    line may straddle a reload, three in a row are the new percentage."""
+    in_range = _share_between(low, high)
+    run = 0
+
+    def wanted(line: str) -> bool:
+        nonlocal run
+        if parse_traffic(line) is None:
+            return False
+        run = run + 1 if in_range(line) else 0
+        return run >= lines
+
+    demo.read_until(wanted)
+
+
 def test_autopilot_demo_drives_traffic_that_follows_the_percentage() -> None:
     """The scripted controller stands in for `rollout autopilot`: it writes the percentages
     the test sends it, and the demo's own load must follow them through the real proxy."""
@@ -90,14 +106,14 @@ def test_autopilot_demo_drives_traffic_that_follows_the_percentage() -> None:
         assert config.autopilot.enabled
         assert config.rollout.percentage == 0
         assert TEST_SESSION in config.rollout.test_sessions
-        demo.read_until(lambda line: line == "scripted autopilot: started")
+        demo.read_until(lambda line: "scripted autopilot: started" in line)
         # At 0 % only the test session (15 % of the load) reaches signal.
-        demo.read_until(_share_between(5, 25))
+        _steady_share(demo, 5, 25)
         demo.send("50")
-        demo.read_until(lambda line: line == "scripted autopilot: percentage 50")
-        demo.read_until(_share_between(45, 70))  # 15 % + 85 % of half the users
+        demo.read_until(lambda line: "scripted autopilot: percentage 50" in line)
+        _steady_share(demo, 42, 72)  # 15 % + 85 % of half the users
         demo.send("100")
-        demo.read_until(_share_between(100, 100))
+        _steady_share(demo, 100, 100)
         code = demo.interrupt()
     finally:
         watchdog.cancel()
@@ -116,7 +132,7 @@ def test_break_signal_makes_signal_fail_from_30_percent() -> None:
     watchdog.start()
     try:
         demo.wait_banner()
-        demo.read_until(lambda line: line == "scripted autopilot: started")
+        demo.read_until(lambda line: "scripted autopilot: started" in line)
         demo.send("10")
         demo.read_until(_share_between(15, 35))
         assert "signal API now fails" not in demo.output()

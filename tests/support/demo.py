@@ -144,8 +144,9 @@ class DemoProcess:
 def scripted_autopilot(path: Path, stop: threading.Event) -> int:
     """A stand-in controller: each stdin line is a percentage to write, as the real one does."""
     from proxy.control.edit import set_value, write_atomically
+    from proxy.demo.pilot import say
 
-    print("scripted autopilot: started", flush=True)
+    say("scripted autopilot: started")
     while not stop.is_set():
         ready, _, _ = select.select([sys.stdin], [], [], 0.2)
         if not ready:
@@ -157,8 +158,8 @@ def scripted_autopilot(path: Path, stop: threading.Event) -> int:
         percentage = float(line)
         text = set_value(path.read_text(encoding="utf-8"), ("rollout", "percentage"), percentage)
         write_atomically(path, text)
-        print(f"scripted autopilot: percentage {percentage:g}", flush=True)
-    print("scripted autopilot: stopped", flush=True)
+        say(f"scripted autopilot: percentage {percentage:g}")
+    say("scripted autopilot: stopped")
     return 0
 
 
