@@ -4,7 +4,8 @@ Everything tests share lives in this package (never in a test file or a conftest
 `recording` (upstreams that record what reached them), `prometheus` (a real Prometheus),
 `wire` (a fake transport for protocol tests), `fakes` / `probes` / `slowloris` /
 `reliability` (the reliability suite's fakes and helpers), `thirdparty` (httpbin and
-uvicorn as subprocess upstreams) with `sse_app` (the ASGI app uvicorn serves).
+uvicorn as subprocess upstreams) with `sse_app` (the ASGI app uvicorn serves), `demo`
+(`rollout demo` as a subprocess read line by line, and a scripted stand-in controller).
 """
 
 from __future__ import annotations
