@@ -7,7 +7,10 @@ import argparse
 import asyncio
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from proxy import __version__
 from proxy.config.load import load_config, resolve_config_path
@@ -15,6 +18,9 @@ from proxy.control import history_view, moves, pilot_commands, views
 from proxy.control.console import EXIT_FAILED, EXIT_USAGE
 from proxy.errors import ConfigError
 from proxy.telemetry.logs import setup_logging
+
+if TYPE_CHECKING:
+    from proxy.demo.pilot import AutopilotRunner
 
 # Event loop implementations `rollout serve --loop` offers (see bench/RESULTS.md).
 LOOPS = ("asyncio", "uvloop")
@@ -114,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-port", type=int, default=9180)
     p.add_argument("--signal-port", type=int, default=8000)
     p.add_argument("--legacy-port", type=int, default=8001)
+    p.add_argument(
+        "--autopilot",
+        action="store_true",
+        help="start at 0 %%, send built-in traffic and let the autopilot walk the plan "
+        "(0 -> 10 -> 30 -> 50 -> 80 %% in about two minutes, then wait for `rollout approve`)",
+    )
+    p.add_argument(
+        "--break-signal",
+        action="store_true",
+        help="with --autopilot: the signal API fails 15 %% of requests once the rollout "
+        "reaches 30 %%, so you watch the guard trip and the autopilot roll back",
+    )
 
     add(
         "check", views.cmd_check, "validate the config file", "rollout check -c config/rollout.yaml"
@@ -352,7 +370,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ports = DemoPorts(
         proxy=args.port, admin=args.admin_port, signal=args.signal_port, legacy=args.legacy_port
     )
-    return asyncio.run(run_demo(ports))
+    if args.break_signal and not args.autopilot:
+        print("rollout demo: --break-signal needs --autopilot", file=sys.stderr)
+        return EXIT_USAGE
+    runner: AutopilotRunner | None = None
+    if args.autopilot:
+        # Imported here: only this command needs the controller.
+        from proxy.control.autopilot import (  # type: ignore[import-not-found, unused-ignore]
+            run_autopilot,
+        )
+
+        def runner(path: Path, stop: threading.Event) -> int:
+            return int(run_autopilot(path, stop=stop))
+
+    return asyncio.run(run_demo(ports, autopilot=runner, break_signal=args.break_signal))
 
 
 __all__ = ["build_parser", "main"]

@@ -18,6 +18,10 @@ Paths: ``GET /health``, ``GET /signals?limit=N`` (1-500, default 10), ``GET /sig
 forwarded, and two streams (SPEC 12): ``GET /signals/live`` (server-sent events) and
 ``/signals/subscribe`` (WebSocket), each pushing ``count`` signals (default 60) ``every``
 seconds (default 1). Anything else is a JSON 404.
+
+Either app can be made to fail on purpose (``rollout demo --break-signal``): its
+``Faults`` (``app[FAULTS]``) answer a share of requests with a JSON 500, so the guard and
+the autopilot have something to roll back from.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -75,6 +79,29 @@ class _Sample:
 
 
 SAMPLE = web.AppKey("sample", _Sample)
+
+
+@dataclass(slots=True)
+class Faults:
+    """The failure switch: `failure_rate` of requests (0-1) are answered 500.
+
+    Mutable on purpose, and the only mutable thing in an app: the demo flips it on a
+    running server (an aiohttp app's own items are frozen once it starts). Seeded, so a
+    test sees the same sequence every run.
+    """
+
+    failure_rate: float = 0.0
+    seed: int = DEFAULT_SEED
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def should_fail(self) -> bool:
+        return self.failure_rate > 0 and self._rng.random() < self.failure_rate
+
+
+FAULTS = web.AppKey("faults", Faults)
 
 
 def _make_pool(seed: int) -> tuple[_Record, ...]:
@@ -254,6 +281,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
+async def _injected_failures(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.app[FAULTS].should_fail():
+        body = {"error": "injected failure (rollout demo --break-signal)"}
+        return _answer(request, body, status=500)
+    return await handler(request)
+
+
+@web.middleware
 async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn aiohttp's plain-text 404/405 into JSON, like every other answer of these APIs."""
     try:
@@ -273,8 +308,9 @@ async def _mark_served_by(request: web.Request, response: web.StreamResponse) ->
 
 
 def _build_app(source: str, seed: int, confidence_digits: int) -> web.Application:
-    app = web.Application(middlewares=[_json_errors])
+    app = web.Application(middlewares=[_json_errors, _injected_failures])
     app[SAMPLE] = _Sample(source, confidence_digits, _make_pool(seed))
+    app[FAULTS] = Faults()
     app.on_response_prepare.append(_mark_served_by)
     app.router.add_get("/health", health)
     app.router.add_get("/signals", signals)
@@ -297,11 +333,19 @@ def legacy_app() -> web.Application:
     return _build_app("legacy", DEFAULT_SEED, confidence_digits=3)
 
 
-async def start_apis(host: str, signal_port: int, legacy_port: int) -> list[web.AppRunner]:
-    """Serve both sample APIs; the caller owns the runners and must `await runner.cleanup()`."""
+async def start_apis(
+    host: str, signal_port: int, legacy_port: int, *, signal_faults: Faults | None = None
+) -> list[web.AppRunner]:
+    """Serve both sample APIs; the caller owns the runners and must `await runner.cleanup()`.
+
+    `signal_faults`: the signal app's failure switch, kept by the caller to flip later.
+    """
+    signal = signal_app()
+    if signal_faults is not None:
+        signal[FAULTS] = signal_faults
     runners: list[web.AppRunner] = []
     try:
-        for app, port in ((signal_app(), signal_port), (legacy_app(), legacy_port)):
+        for app, port in ((signal, signal_port), (legacy_app(), legacy_port)):
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             runners.append(runner)

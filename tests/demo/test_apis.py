@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -14,8 +15,10 @@ from aiohttp.test_utils import TestClient
 from yarl import URL
 
 from proxy.demo.apis import (
+    FAULTS,
     MAX_LIMIT,
     SIGNAL_TYPES,
+    Faults,
     legacy_app,
     signal_app,
     start_apis,
@@ -237,6 +240,62 @@ async def test_start_apis_releases_first_port_when_second_is_taken() -> None:
             await start_apis("127.0.0.1", signal_port, taken.getsockname()[1])
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", signal_port))
+
+
+async def statuses(client: Client, requests: int) -> Counter[int]:
+    seen: Counter[int] = Counter()
+    for n in range(requests):
+        resp = await client.get(("/signals?limit=2", "/signals/stats", "/health")[n % 3])
+        seen[resp.status] += 1
+        await resp.read()
+    return seen
+
+
+async def test_failure_switch_fails_its_share(aiohttp_client: ClientFactory) -> None:
+    app = signal_app()
+    client = await aiohttp_client(app)
+    assert await statuses(client, 100) == {200: 100}  # off by default
+    app[FAULTS].failure_rate = 0.15  # flipped on a running server, as the demo does
+    seen = await statuses(client, 600)
+    assert set(seen) == {200, 500}
+    assert 0.10 < seen[500] / 600 < 0.20
+    app[FAULTS].failure_rate = 0.0
+    assert await statuses(client, 100) == {200: 100}
+
+
+async def test_injected_failure_is_a_json_500_from_its_side(
+    aiohttp_client: ClientFactory,
+) -> None:
+    app = legacy_app()
+    app[FAULTS].failure_rate = 1.0
+    client = await aiohttp_client(app)
+    resp = await client.get("/signals")
+    assert resp.status == 500
+    assert resp.headers["X-Served-By"] == "legacy"
+    body = await resp.json()
+    assert body["source"] == "legacy"
+    assert "--break-signal" in body["error"]
+
+
+def test_faults_are_seeded() -> None:
+    first, again = Faults(failure_rate=0.5), Faults(failure_rate=0.5)
+    assert [first.should_fail() for _ in range(50)] == [again.should_fail() for _ in range(50)]
+    assert not any(Faults(failure_rate=0.0).should_fail() for _ in range(50))
+
+
+async def test_start_apis_hands_over_the_signal_failure_switch() -> None:
+    ports = {"signal": free_port(), "legacy": free_port()}
+    faults = Faults()
+    runners = await start_apis("127.0.0.1", ports["signal"], ports["legacy"], signal_faults=faults)
+    try:
+        faults.failure_rate = 1.0
+        async with aiohttp.ClientSession() as session:
+            for name, status in (("signal", 500), ("legacy", 200)):
+                async with session.get(f"http://127.0.0.1:{ports[name]}/health") as resp:
+                    assert resp.status == status
+    finally:
+        for runner in runners:
+            await runner.cleanup()
 
 
 async def test_live_is_an_event_stream_of_signals(side: tuple[str, Client]) -> None:

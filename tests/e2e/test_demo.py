@@ -7,8 +7,12 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Callable
 
+from proxy.config.load import load_config
+from proxy.demo.load import TEST_SESSION
 from tests.support import HOST, free_port
+from tests.support.demo import DemoProcess, parse_traffic
 
 
 def _get(url: str, session: str) -> tuple[str, str]:
@@ -60,3 +64,99 @@ def test_demo_serves_both_sides_and_stops_cleanly_on_ctrl_c() -> None:
     assert "Traceback" not in out
     for port in ports.values():
         assert not _listening(port), f"port {port} still open after Ctrl-C"
+
+
+def _share_between(low: int, high: int) -> Callable[[str], bool]:
+    def wanted(line: str) -> bool:
+        traffic = parse_traffic(line)
+        return traffic is not None and traffic.requests > 0 and low <= traffic.signal_share <= high
+
+    return wanted
+
+
+def _steady_share(demo: DemoProcess, low: int, high: int, lines: int = 3) -> None:
+    """Wait for `lines` traffic lines in a row with signal's share within low-high: one
+    line may straddle a reload, three in a row are the new percentage."""
+    in_range = _share_between(low, high)
+    run = 0
+
+    def wanted(line: str) -> bool:
+        nonlocal run
+        if parse_traffic(line) is None:
+            return False
+        run = run + 1 if in_range(line) else 0
+        return run >= lines
+
+    demo.read_until(wanted)
+
+
+def test_autopilot_demo_drives_traffic_that_follows_the_percentage() -> None:
+    """The scripted controller stands in for `rollout autopilot`: it writes the percentages
+    the test sends it, and the demo's own load must follow them through the real proxy."""
+    demo = DemoProcess.start_scripted()
+    watchdog = threading.Timer(120, demo.proc.kill)
+    watchdog.start()
+    try:
+        config_path = demo.wait_banner()
+        out = demo.output()
+        assert "Rollout at 0 %" in out
+        assert f"rollout approve -c {config_path}" in out
+        assert f"rollout autopilot status -c {config_path}" in out
+        config = load_config(config_path)
+        assert config.autopilot.enabled
+        assert config.rollout.percentage == 0
+        assert TEST_SESSION in config.rollout.test_sessions
+        demo.read_until(lambda line: "scripted autopilot: started" in line)
+        # At 0 % only the test session (15 % of the load) reaches signal.
+        _steady_share(demo, 5, 25)
+        demo.send("50")
+        demo.read_until(lambda line: "scripted autopilot: percentage 50" in line)
+        _steady_share(demo, 42, 72)  # 15 % + 85 % of half the users
+        demo.send("100")
+        _steady_share(demo, 100, 100)
+        code = demo.interrupt()
+    finally:
+        watchdog.cancel()
+        demo.close()
+    out = demo.output()
+    assert code == 0, out
+    assert "scripted autopilot: stopped" in out  # the stop event reached the controller
+    assert "Traceback" not in out
+    for port in demo.ports.values():
+        assert not _listening(port), f"port {port} still open after Ctrl-C"
+
+
+def test_break_signal_makes_signal_fail_from_30_percent() -> None:
+    demo = DemoProcess.start_scripted("--break-signal")
+    watchdog = threading.Timer(120, demo.proc.kill)
+    watchdog.start()
+    try:
+        demo.wait_banner()
+        demo.read_until(lambda line: "scripted autopilot: started" in line)
+        demo.send("10")
+        demo.read_until(_share_between(15, 35))
+        assert "signal API now fails" not in demo.output()
+        assert all((t := parse_traffic(line)) is None or t.fallbacks == 0 for line in demo.seen)
+        demo.send("30")
+        demo.read_until(lambda line: "signal API now fails 15 % of requests" in line)
+        # Signal's 500s fall back to legacy, and the proxy's own guard trips (either first).
+        demo.read_until(lambda line: (t := parse_traffic(line)) is not None and t.fallbacks > 0)
+        demo.read_until(lambda line: "guard tripped: error rate" in demo.output())
+        code = demo.interrupt()
+    finally:
+        watchdog.cancel()
+        demo.close()
+    assert code == 0, demo.output()
+    assert "Traceback" not in demo.output()
+
+
+def test_break_signal_without_autopilot_is_a_usage_error() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "proxy", "demo", "--break-signal", f"--port={free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 2
+    assert run.stdout == ""
+    assert run.stderr.strip().splitlines() == ["rollout demo: --break-signal needs --autopilot"]

@@ -6,7 +6,9 @@ Everything tests share lives in this package (never in a test file or a conftest
 `reliability` (the reliability suite's fakes and helpers), `thirdparty` (httpbin and
 uvicorn as subprocess upstreams) with `sse_app` (the ASGI app uvicorn serves), `bursts`
 (bounded bursts of requests whose counter deltas are known in advance), `hooks` (a webhook
-receiver in a thread of its own), `autopilot` (fleets, loads and the controller process).
+receiver in a thread of its own), `autopilot` (fleets, loads and the controller process),
+`demo` (`rollout demo` as a subprocess read line by line, and a scripted stand-in
+controller).
 """
 
 from __future__ import annotations
