@@ -396,13 +396,16 @@ class Controller:
 
     def _print_analysis(self, analysis: Analysis, s: PilotState) -> None:
         ap = self.config.autopilot
-        baked = duration_text(self.clock() - s.stage_entered_at)
-        line = (
-            f"{_now()}  {s.percentage:g} %  {analysis.outcome.value:<12}  {analysis.reason}"
-            f"  [passes {s.passes}/{ap.checks}, failures {s.failures}/{ap.failure_limit}, "
-            f"baked {baked}/{duration_text(ap.bake)}]"
-        )
-        self.say(line)
+        if s.pause is not None:
+            where = f"paused: {s.pause_reason}"
+        else:
+            baked = duration_text(self.clock() - s.stage_entered_at)
+            where = (
+                f"passes {s.passes}/{ap.checks}, failures {s.failures}/{ap.failure_limit}, "
+                f"baked {baked}/{duration_text(ap.bake)}"
+            )
+        outcome = analysis.outcome.value
+        self.say(f"{_now()}  {s.percentage:g} %  {outcome:<12}  {analysis.reason}  [{where}]")
 
     def _save(self, pending: PendingMove | None = None) -> None:
         if self.dry_run:

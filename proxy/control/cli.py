@@ -376,12 +376,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     runner: AutopilotRunner | None = None
     if args.autopilot:
         # Imported here: only this command needs the controller.
-        from proxy.control.autopilot import (  # type: ignore[import-not-found, unused-ignore]
-            run_autopilot,
-        )
+        from proxy.control.autopilot import run_autopilot
+        from proxy.demo.pilot import say
 
         def runner(path: Path, stop: threading.Event) -> int:
-            return int(run_autopilot(path, stop=stop))
+            return run_autopilot(path, stop=stop, say=say)
 
     return asyncio.run(run_demo(ports, autopilot=runner, break_signal=args.break_signal))
 

@@ -176,7 +176,6 @@ def autopilot_banner(
         "Watch it:",
         f"  rollout autopilot status -c {config_path}",
         f"  rollout history -c {config_path}",
-        f"  http://{HOST}:{ports.admin}/          (live status page)",
         f"One line per autopilot decision, a traffic line every {report_every:g} s.",
     ]
     if break_signal:

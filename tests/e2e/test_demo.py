@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -160,3 +161,35 @@ def test_break_signal_without_autopilot_is_a_usage_error() -> None:
     assert run.returncode == 2
     assert run.stdout == ""
     assert run.stderr.strip().splitlines() == ["rollout demo: --break-signal needs --autopilot"]
+
+
+def test_the_real_autopilot_walks_the_demo_and_rolls_back_a_broken_signal() -> None:
+    """`rollout demo --autopilot --break-signal` with the real controller: it promotes
+    0 -> 10 -> 30 on the demo's own traffic, signal breaks at 30 %, and it rolls back."""
+    demo = DemoProcess.start_rollout_demo("--autopilot", "--break-signal")
+    watchdog = threading.Timer(240, demo.proc.kill)
+    watchdog.start()
+    try:
+        config = demo.wait_banner()
+        demo.read_until(lambda line: "autopilot starts at 0 %" in line)
+        demo.read_until(lambda line: "PROMOTE 0 % -> 10 %" in line, timeout=120)
+        demo.read_until(lambda line: "PROMOTE 10 % -> 30 %" in line, timeout=120)
+        demo.read_until(lambda line: "signal API now fails 15 % of requests" in line, timeout=30)
+        rollback = demo.read_until(lambda line: "ROLLBACK 30 % -> 10 %" in line, timeout=90)
+        assert "failed analyses in a row" in rollback
+        status = subprocess.run(
+            [sys.executable, "-m", "proxy", "autopilot", "status", "--json", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        code = demo.interrupt()
+    finally:
+        watchdog.cancel()
+        demo.close()
+    assert code == 0, demo.output()
+    assert "Traceback" not in demo.output()
+    view = json.loads(status.stdout)
+    assert view["percentage"] == 10
+    assert view["pause"] == "rollback", view
