@@ -150,6 +150,7 @@ class Controller:
     baseline: Counters | None = None
     held: str | None = None
     next_at: float | None = None
+    operator: Operator = field(default_factory=Operator)
 
     @classmethod
     def start(
@@ -250,6 +251,7 @@ class Controller:
             analysis=analysis,
             now=now,
         )
+        self.operator = operator
         self._carry_out(decision, analysis, operator)
         return analysis if analysis is not None else unreadable("no baseline yet")
 
@@ -415,6 +417,7 @@ class Controller:
             "analyses": self.analyses,
             "next_at": self.next_at,
             "held": self.held,
+            "next_action": self.describe_next(self.operator),
             "pending": pending,
             "pid": os.getpid(),
             "updated_at": self.clock(),

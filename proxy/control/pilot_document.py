@@ -46,6 +46,7 @@ class ControllerDocument(TypedDict):
     analyses: list[AnalysisEntry]  # oldest first, at most KEEP_ANALYSES
     next_at: float | None  # wall clock of the next analysis
     held: str | None  # why the last promotion was held back (a confirm hook said no)
+    next_action: str  # `next_action()` at the save, for readers without the operator part
     pending: PendingMove | None
     pid: int
     updated_at: float

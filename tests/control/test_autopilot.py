@@ -188,6 +188,7 @@ def test_a_move_cut_short_by_a_crash_is_settled_at_restart(
             "analyses": [],
             "next_at": None,
             "held": None,
+            "next_action": "promote to 50 %",
             "pending": pending,
             "pid": 1,
             "updated_at": 1000.0,
