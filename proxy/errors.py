@@ -3,6 +3,7 @@
     RolloutError
     ├── ConfigError            the YAML file is unreadable or invalid (every problem listed)
     ├── ClientGoneError        the client disconnected while its request was being read
+    ├── EditError              a file edit cannot be made safely (nothing was written)
     └── UpstreamError          one attempt against one upstream failed
         ├── UpstreamConnectError   refused / connect timeout: nothing was sent
         │   └── UpstreamTLSError   the TLS handshake failed (nothing was sent either)
@@ -30,6 +31,10 @@ class ConfigError(RolloutError):
         self.source = source
         self.problems = problems
         super().__init__(f"{source}: " + "; ".join(problems))
+
+
+class EditError(RolloutError):
+    """A file edit cannot be made safely; the message names the key path or the file."""
 
 
 class ClientGoneError(RolloutError):

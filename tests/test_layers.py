@@ -19,6 +19,7 @@ LAYERS = (
     "proxy.errors",
     "proxy.config",
     "proxy.rollout",
+    "proxy.records",
     "proxy.telemetry",
     "proxy.http",
     "proxy.gateway",

@@ -30,9 +30,13 @@ from typing import Any
 from proxy.config.load import load_config, parse_config
 from proxy.config.values import Config
 from proxy.control.console import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Console
-from proxy.control.edit import EditError, set_value, write_atomically
-from proxy.control.history import record
-from proxy.control.pilot_document import (
+from proxy.control.edit import set_value
+from proxy.control.sources import FiguresError, FiguresSource, source_for
+from proxy.control.webhooks import Notifier, confirm
+from proxy.errors import ConfigError, EditError
+from proxy.records.files import write_atomically
+from proxy.records.history import record
+from proxy.records.pilot_document import (
     KEEP_ANALYSES,
     AnalysisEntry,
     ControllerDocument,
@@ -41,16 +45,13 @@ from proxy.control.pilot_document import (
     pilot_state,
     state_document,
 )
-from proxy.control.pilot_state import (
+from proxy.records.pilot_state import (
     AlreadyRunningError,
     ControllerLock,
     StateFileError,
     read_state,
     write_controller,
 )
-from proxy.control.sources import FiguresError, FiguresSource, source_for
-from proxy.control.webhooks import Notifier, confirm
-from proxy.errors import ConfigError
 from proxy.rollout.analysis import Analysis, Outcome, analyse, unreadable
 from proxy.rollout.counters import Counters, sample_between
 from proxy.rollout.pilot import (

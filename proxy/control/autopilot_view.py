@@ -12,8 +12,8 @@ from typing import Any, TypedDict
 from proxy.config.load import load_config
 from proxy.control.autopilot import run_autopilot
 from proxy.control.console import EXIT_OK, EXIT_USAGE, Console
-from proxy.control.pilot_document import AnalysisEntry, controller_document, pilot_state
-from proxy.control.pilot_state import StateFileError, lock_holder, read_state
+from proxy.records.pilot_document import AnalysisEntry, controller_document, pilot_state
+from proxy.records.pilot_state import StateFileError, lock_holder, read_state
 from proxy.rollout.pilot import Operator, duration_text, next_action
 from proxy.rollout.stages import describe_stage
 

@@ -10,25 +10,16 @@ original before anyone can write it, so a wrong edit fails loudly instead of bei
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import stat
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from proxy.errors import RolloutError
+from proxy.errors import EditError
 
 _NULL_TAG = "tag:yaml.org,2002:null"
 _STR_TAG = "tag:yaml.org,2002:str"
 _MISSING: Any = object()
-
-
-class EditError(RolloutError):
-    """The edit cannot be made safely; the message names the key path."""
 
 
 def set_value(text: str, path: tuple[str, ...], value: bool | int | float | str | None) -> str:
@@ -86,43 +77,6 @@ def verify_edit(before: str, after: str, path: tuple[str, ...], value: object) -
         raise EditError(f"editing {dotted} went wrong: it reads back as {shown}, not {value!r}")
     if _without(old, path) != _without(new, path):
         raise EditError(f"editing {dotted} would also change other values; nothing was written")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text` so the proxy's reload loop sees the old file or the new one,
-    never half of either, and a crash cannot leave an empty file behind."""
-    if path.is_symlink():
-        raise EditError(
-            f"{path} is a symlink to {os.readlink(path)}: it is managed elsewhere "
-            "(a Kubernetes ConfigMap?); edit the source and apply it"
-        )
-    original = path.stat() if path.exists() else None
-    tmp = ""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
-            file.flush()
-            if original is not None:  # a CLI run as root must not take the file over
-                with contextlib.suppress(PermissionError):
-                    os.fchown(file.fileno(), original.st_uid, original.st_gid)
-            # mkstemp creates 0600: keep the file readable by whoever could read it before.
-            os.fchmod(file.fileno(), stat.S_IMODE(original.st_mode) if original else 0o644)
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-        tmp = ""
-        # The rename itself is only durable once the directory entry is on disk.
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        raise EditError(f"cannot write {path}: {exc}") from exc
-    finally:
-        if tmp:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
 
 
 def _lookup(mapping: yaml.MappingNode, key: str) -> tuple[yaml.Node, yaml.Node] | None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from proxy.config.values import format_value
 from proxy.control.console import EXIT_OK, Console
-from proxy.control.history import HistoryEntry, history_path, read_entries
+from proxy.records.history import HistoryEntry, history_path, read_entries
 from proxy.rollout.analysis import Check, Kind
 
 DEFAULT_LAST = 20

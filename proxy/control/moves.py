@@ -13,10 +13,11 @@ from proxy.config.load import load_config, parse_config
 from proxy.config.values import Config, format_value
 from proxy.control.client import live_status
 from proxy.control.console import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Console
-from proxy.control.edit import EditError, set_value, write_atomically
+from proxy.control.edit import set_value
 from proxy.control.figures import signal_figures
-from proxy.control.history import record
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, EditError
+from proxy.records.files import write_atomically
+from proxy.records.history import record
 from proxy.rollout.stages import (
     describe_stage,
     judge,

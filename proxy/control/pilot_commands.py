@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from proxy.config.load import load_config
 from proxy.config.values import Config, format_value
 from proxy.control.console import EXIT_OK, EXIT_USAGE, Console
-from proxy.control.history import current_user, record
-from proxy.control.pilot_state import (
+from proxy.records.history import current_user, record
+from proxy.records.pilot_state import (
     OperatorState,
     PauseState,
     StateFileError,

@@ -17,7 +17,7 @@ import yaml
 
 from proxy.config.load import load_config
 from proxy.control.autopilot import Controller
-from proxy.control.pilot_state import read_state, write_controller
+from proxy.records.pilot_state import read_state, write_controller
 from proxy.rollout.counters import Counters
 
 REPLICA = "http://127.0.0.1:9180"

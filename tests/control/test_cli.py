@@ -37,9 +37,9 @@ from aiohttp import web
 from proxy.config.load import load_config
 from proxy.control import cli
 from proxy.control.edit import set_value
-from proxy.control.history import HISTORY_FILE
 from proxy.control.smoke import proxy_url
 from proxy.demo.apis import legacy_app, signal_app
+from proxy.records.history import HISTORY_FILE
 from tests.support import (
     HOST,
     ProxyProcess,

@@ -143,8 +143,9 @@ class DemoProcess:
 
 def scripted_autopilot(path: Path, stop: threading.Event) -> int:
     """A stand-in controller: each stdin line is a percentage to write, as the real one does."""
-    from proxy.control.edit import set_value, write_atomically
+    from proxy.control.edit import set_value
     from proxy.demo.pilot import say
+    from proxy.records.files import write_atomically
 
     say("scripted autopilot: started")
     while not stop.is_set():

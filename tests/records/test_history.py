@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from proxy.control.history import history_path, read_entries, record
+from proxy.records.history import history_path, read_entries, record
 
 FIGURES = {"outcome": "pass", "reason": "every criterion holds", "checks": []}
 

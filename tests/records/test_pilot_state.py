@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.control.pilot_state import (
+from proxy.records.pilot_state import (
     CONTROLLER_LOCK,
     STATE_FILE,
     AlreadyRunningError,
@@ -113,7 +113,7 @@ def test_a_corrupt_file_is_one_line_naming_the_file_and_the_fix(
 _RACER = """
 import sys
 from pathlib import Path
-from proxy.control.pilot_state import update_operator, write_controller
+from proxy.records.pilot_state import update_operator, write_controller
 config, role, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 for i in range(rounds):
     if role == "controller":
@@ -162,7 +162,7 @@ def test_concurrent_threads_lose_no_update(config_path: Path) -> None:
 _HOLDER = """
 import sys
 from pathlib import Path
-from proxy.control.pilot_state import ControllerLock
+from proxy.records.pilot_state import ControllerLock
 with ControllerLock(Path(sys.argv[1])):
     print("locked", flush=True)
     sys.stdin.readline()

@@ -23,8 +23,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypedDict, cast
 
-from proxy.control.edit import EditError, write_atomically
-from proxy.errors import RolloutError
+from proxy.errors import EditError, RolloutError
+from proxy.records.files import write_atomically
 
 STATE_FILE = "rollout-autopilot.json"
 CONTROLLER_LOCK = "rollout-autopilot.lock"
