@@ -195,12 +195,13 @@ class Controller:
     # --- the loop --------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, *, once: bool) -> int:
-        interval = self.config.autopilot.interval
         first = self._read()
         self.baseline = None if isinstance(first, str) else first
         if once:
+            interval = self.config.autopilot.interval
             self.say(f"measuring for {interval:g} s (autopilot.interval) ...")
         while True:
+            interval = self.config.autopilot.interval  # a reload may change it
             self.next_at = self.clock() + interval
             self._save()
             if stop.wait(interval):
@@ -209,12 +210,13 @@ class Controller:
             analysis = self.tick()
             if once:
                 if analysis is None:
-                    self.say("no analysis: the configuration could not be read")
+                    self.say("no analysis (see the warning above)")
                     return 4
                 return ONCE_EXIT[analysis.outcome]
 
     def tick(self) -> Analysis | None:
-        """One analysis and what follows from it; None when the config is unreadable."""
+        """One analysis and what follows from it; None when no decision could be made (the
+        config or the state file unreadable, or the autopilot disabled in the file)."""
         try:
             config = load_config(self.path)
         except ConfigError as exc:
@@ -224,6 +226,10 @@ class Controller:
             )
             return None
         self.config = config
+        if not config.autopilot.enabled:
+            Console().warning(f"autopilot.enabled is false in {self.path} now: no decision")
+            self.baseline = None
+            return None
         analysis = self._analyse()
         now = self.clock()
         if analysis is not None:

@@ -214,3 +214,14 @@ def test_an_invalid_file_mid_run_means_no_decision(path: Path) -> None:
     assert c.tick() is None
     assert path.read_text(encoding="utf-8") == "rollout: {percentage: 150}\n"
     assert not (path.parent / "rollout-history.jsonl").exists()
+
+
+def test_disabled_in_the_file_mid_run_means_no_decision(path: Path) -> None:
+    lines: list[str] = []
+    script = Script()
+    c = controller(path, script, lines)
+    c.baseline = script.read()
+    path.write_text(config_text(10, enabled=False), encoding="utf-8")
+    assert c.tick() is None
+    assert load_config(path).rollout.percentage == 10
+    assert not (path.parent / "rollout-history.jsonl").exists()
