@@ -88,10 +88,12 @@ def query_from_body(data: object) -> PreviewQuery:
 
 def _percentage(key: str, value: object) -> float:
     try:
+        if isinstance(value, bool):
+            raise TypeError(value)
         pct = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise PreviewQueryError(f"{key}: {value!r} is not a number") from None
-    if isinstance(value, bool) or not math.isfinite(pct) or not 0 <= pct <= 100:
+    if not math.isfinite(pct) or not 0 <= pct <= 100:
         raise PreviewQueryError(f"{key}: {value!r} is not within 0-100")
     if abs(pct * 100 - round(pct * 100)) > 1e-6:
         raise PreviewQueryError(f"{key}: {value!r} has more than two decimals")
