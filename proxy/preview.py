@@ -26,7 +26,7 @@ from proxy.rollout.routing import Side
 from proxy.status import FeaturePreview, MovedActivity, PreviewDocument, PreviewQuery
 
 # Under `--workers N` only worker 0 runs the admin listener: its counters are its own.
-SCOPE = "this process (under --workers N: worker 0's connections only)"
+SCOPE = "this process (under --workers N: worker 0 only)"
 
 
 class PreviewQueryError(ValueError):

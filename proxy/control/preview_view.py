@@ -33,7 +33,7 @@ def show_preview(con: Console, doc: PreviewDocument, where: str) -> None:
         minutes = doc["window_seconds"] // 60
         con.heading(
             f"Who moves (against what the proxy at {where} serves, generation "
-            f"{doc['generation']}; activity of the last {minutes} min, {doc['scope']})"
+            f"{doc['generation']}; its activity in the last {minutes} min)"
         )
     else:
         con.warning(f"proxy not reachable ({where}): no session figures")
@@ -72,8 +72,8 @@ def _activity(moved: MovedActivity | None) -> str:
         return ""
     floor = "at least " if moved["saturated"] else ""
     return (
-        f", {floor}~{moved['sessions']:.0f} recent sessions, "
-        f"{moved['request_share']:.2f} % of recent requests ({moved['requests']})"
+        f", {floor}~{moved['sessions']:.0f} recent sessions with {moved['requests']} "
+        f"requests ({moved['request_share']:.2f} % of recent requests)"
     )
 
 

@@ -149,14 +149,15 @@ async def proxy(
 
 
 def figures(text: str, side: str) -> tuple[float, float, int]:
-    """From `to SIDE  x % of buckets, ~N recent sessions, S % of recent requests (R)`."""
+    """From `to SIDE  x % of buckets, ~N recent sessions with R requests (S % of recent
+    requests)`: sessions, share, requests."""
     found = re.search(
-        rf"to {side}  [\d.]+ % of buckets, ~(\d+) recent sessions, "
-        r"([\d.]+) % of recent requests \((\d+)\)",
+        rf"to {side}  [\d.]+ % of buckets, ~(\d+) recent sessions with (\d+) requests "
+        r"\(([\d.]+) % of recent requests\)",
         text,
     )
     assert found, text
-    return float(found[1]), float(found[2]), int(found[3])
+    return float(found[1]), float(found[3]), int(found[2])
 
 
 async def test_dry_run_and_check_preview_against_the_running_proxy(
@@ -171,7 +172,7 @@ async def test_dry_run_and_check_preview_against_the_running_proxy(
     run = await in_thread(rollout, "set", "30", "--dry-run", *c)
     assert run.code == 0, run.out + run.err
     assert f"against what the proxy at {proxy.admin_url} serves, generation 1" in run.out
-    assert "activity of the last 15 min" in run.out
+    assert "its activity in the last 15 min" in run.out
     assert "default  10 % -> 30 %: 20.00 % of buckets change side" in run.out
     moving = in_buckets(plan, 1000, 3000)
     sessions, share, requests = figures(run.out, "signal")
