@@ -10,6 +10,7 @@
   "use strict";
 
   const pct = (x) => `${Number(x).toFixed(2)} %`;
+  const held = (p, why) => (why ? `${p} % (${why})` : `${p} %`);
 
   function el(tag, attrs, text) {
     const node = document.createElement(tag);
@@ -34,7 +35,8 @@
     if (!doc.changed) return [["nobody moves: the change routes every session as now"]];
     return doc.features.map((f) => {
       const rows = [
-        `${f.feature}: ${f.before} % -> ${f.after} %, ${pct(f.share)} of buckets change side` +
+        `${f.feature}: ${held(f.before, f.before_held)} -> ${held(f.after, f.after_held)}, ` +
+          `${pct(f.share)} of buckets change side` +
           (f.expected ? " (expected, not exact)" : ""),
         moved("signal", f.to_signal_share, f.to_signal),
         moved("legacy", f.to_legacy_share, f.to_legacy),

@@ -49,8 +49,9 @@ def show_preview(con: Console, doc: PreviewDocument, where: str) -> None:
 
 def _show_feature(con: Console, f: FeaturePreview) -> None:
     expected = " (expected, not exact)" if f["expected"] else ""
+    before, after = _held(f["before"], f["before_held"]), _held(f["after"], f["after_held"])
     con.line(
-        f"  {f['feature']}  {f['before']:g} % -> {f['after']:g} %: "
+        f"  {f['feature']}  {before} -> {after}: "
         f"{f['share']:.2f} % of buckets change side{expected}"
     )
     for side, share, moved in (
@@ -65,6 +66,10 @@ def _show_feature(con: Console, f: FeaturePreview) -> None:
             f"    test sessions  {f['test_sessions_to_signal']} to signal, "
             f"{f['test_sessions_to_legacy']} to legacy"
         )
+
+
+def _held(pct: float, held: str | None) -> str:
+    return f"{pct:g} % ({held})" if held else f"{pct:g} %"
 
 
 def _activity(moved: MovedActivity | None) -> str:

@@ -48,6 +48,13 @@ class RoutingState:
             return 0
         return threshold(self.percentage(feature))
 
+    @property
+    def held(self) -> str | None:
+        """What keeps everyone off signal by bucket, if anything."""
+        if self.emergency:
+            return "emergency"
+        return "guard tripped" if self.guard_tripped else None
+
     def routes_like(self, other: RoutingState) -> bool:
         return (
             self.seed == other.seed
@@ -102,6 +109,8 @@ class MoveFigures(TypedDict):
     feature: str
     before: float  # percent of buckets on signal now (0 under emergency or a tripped guard)
     after: float
+    before_held: str | None  # "emergency", "guard tripped": why `before` is 0
+    after_held: str | None
     share: float  # percent of buckets that change side (expected when `expected`)
     expected: bool  # a seed change: shares are expected, not exact
     to_signal_share: float
@@ -115,6 +124,8 @@ class FeatureMove:
     feature: str
     before: int  # signal_below before and after (buckets, 0-10,000)
     after: int
+    before_held: str | None
+    after_held: str | None
     to_signal: Movement
     to_legacy: Movement
     reshuffled: bool  # the seed changes
@@ -133,6 +144,8 @@ class FeatureMove:
             "feature": self.feature,
             "before": self.before / 100,
             "after": self.after / 100,
+            "before_held": self.before_held,
+            "after_held": self.after_held,
             "share": self.share,
             "expected": self.reshuffled,
             "to_signal_share": self.to_signal.share,
@@ -162,6 +175,8 @@ def move_of(before: RoutingState, after: RoutingState, feature: str) -> FeatureM
         feature,
         old,
         new,
+        before.held,
+        after.held,
         to_signal,
         to_legacy,
         before.seed != after.seed,

@@ -34,7 +34,11 @@ EDITS = [
         "default  10 % -> 30 %: 20.00 % of buckets",
     ),
     (["rollback"], "rollout.percentage 10 -> 0", "default  10 % -> 0 %: 10.00 % of buckets"),
-    (["emergency"], "rollout.emergency false -> true", "default  10 % -> 0 %: 10.00 % of buckets"),
+    (
+        ["emergency"],
+        "rollout.emergency false -> true",
+        "default  10 % -> 0 % (emergency): 10.00 % of buckets",
+    ),
 ]
 
 

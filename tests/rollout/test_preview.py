@@ -93,6 +93,7 @@ def test_emergency_moves_everyone_on_signal_and_the_test_sessions() -> None:
     [on] = plan_moves(before, after)
     assert (on.to_signal, on.to_legacy, on.share) == (NOBODY, Movement(0, 3000), 30.0)
     assert on.pinned_to is Side.LEGACY
+    assert (on.as_dict()["before_held"], on.as_dict()["after_held"]) == (None, "emergency")
     assert (on.test_sessions_to_signal, on.test_sessions_to_legacy) == (0, 2)
     [off] = plan_moves(after, before)
     assert (off.to_signal, off.to_legacy, off.share) == (Movement(0, 3000), NOBODY, 30.0)
@@ -106,6 +107,7 @@ def test_a_tripped_guard_is_the_served_state() -> None:
     [move] = plan_moves(tripped, state(30, test_sessions=frozenset({"alice"})))
     assert (move.to_signal, move.share) == (Movement(0, 3000), 30.0)
     assert move.pinned_to is None  # test sessions stay on signal through a trip
+    assert move.as_dict()["before_held"] == "guard tripped"
     assert (move.test_sessions_to_signal, move.test_sessions_to_legacy) == (0, 0)
     assert any("guard is tripped" in w for w in warnings_of(tripped, state(30)))
 
