@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from tests.support import ProxyProcess, UpstreamFactory, config_dict, server_url
+from tests.support.admin import apply_config
 from tests.support.sessions import in_buckets, mint_sessions, ok_app, plan_of, send_sessions
 
 pytestmark = pytest.mark.e2e
@@ -159,3 +160,26 @@ async def test_the_endpoint_needs_the_token_and_names_bad_input(proxy: ProxyProc
     # Nothing proposed: nobody moves.
     status, doc = await get_preview(proxy)
     assert (status, doc["changed"]) == (200, False)
+
+
+async def test_sessions_seen_during_an_emergency_are_counted_by_bucket(
+    upstream: UpstreamFactory, serve_proxy: Callable[..., ProxyProcess]
+) -> None:
+    signal, legacy = await upstream(ok_app("signal")), await upstream(ok_app("legacy"))
+    data = config_dict(server_url(signal), server_url(legacy), rollout={"percentage": 20})
+    proxy = serve_proxy(data)
+    await apply_config(proxy, {**data, "rollout": {"percentage": 20, "emergency": True}})
+    plan = plan_of(250, prefix="emergency-user")
+    total = await send_sessions(proxy.url, plan)  # all served by legacy
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(proxy.admin_url + "/-/preview", params={"emergency": "false"}) as resp,
+    ):
+        assert resp.status == 200
+        doc = await resp.json()
+    default = doc["features"][0]
+    assert (default["before"], default["before_held"], default["after"]) == (0, "emergency", 20)
+    back = in_buckets(plan, 0, 2000)
+    assert default["to_signal"]["requests"] == sum(back.values())
+    assert default["to_signal"]["request_share"] == round(100 * sum(back.values()) / total, 2)
+    assert within_estimate(default["to_signal"]["sessions"], len(back))
