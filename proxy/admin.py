@@ -6,6 +6,7 @@ every request must carry `Authorization: Bearer TOKEN`.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -20,6 +21,7 @@ from proxy.config.values import Config
 from proxy.gateway.reload import reload_now
 from proxy.gateway.shadow import Diff
 from proxy.gateway.state import RUNTIME, Runtime
+from proxy.preview import PreviewQueryError, preview_document, query_from_body, query_from_params
 from proxy.rollout.routing import Side
 from proxy.status import DiffsDocument, ShadowDiff, StatusDocument
 
@@ -36,6 +38,7 @@ def create_admin_app(runtime: Runtime) -> web.Application:
     app.router.add_post("/-/reload", reload)
     app.router.add_post("/-/guard/reset", guard_reset)
     app.router.add_get("/-/diffs", diffs)
+    app.router.add_route("*", "/-/preview", preview)
     return app
 
 
@@ -165,3 +168,23 @@ def _diff_document(diff: Diff) -> ShadowDiff:
         "signal_status": diff.signal_status,
         "fields": [f.as_dict() for f in diff.fields],
     }
+
+
+async def preview(request: web.Request) -> web.Response:
+    """Who a proposed state would move (SPEC 14): GET with the page's form, POST with a
+    JSON `PreviewQuery`; 400 names the bad key."""
+    runtime = request.app[RUNTIME]
+    try:
+        if request.method == "GET":
+            query = query_from_params(request.query, runtime.store.config)
+        elif request.method == "POST":
+            query = query_from_body(await request.json())
+        else:
+            return _json({"error": "GET or POST"}, status=405, headers={"Allow": "GET, POST"})
+    except json.JSONDecodeError:
+        return _json({"error": "body: not JSON"}, status=400)
+    except PreviewQueryError as exc:
+        return _json({"error": str(exc)}, status=400)
+    # The loop's clock: the one the request handler counts activity with.
+    now = asyncio.get_running_loop().time()
+    return _json(preview_document(runtime, query, now))

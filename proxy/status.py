@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TypedDict
 
 from proxy.rollout.compare import FieldDifference
+from proxy.rollout.preview import MoveFigures
 from proxy.rollout.window import WindowFigures
 
 
@@ -87,4 +88,48 @@ class DiffsDocument(TypedDict):
     diffs: list[ShadowDiff]
 
 
-__all__ = ["FieldDifference", "WindowFigures"]  # re-exported: part of the documents
+class PreviewQuery(TypedDict, total=False):
+    """`POST /-/preview`: a proposed state; what it leaves out stays as served."""
+
+    percentages: dict[str, float]  # feature -> percentage ("default": the global)
+    emergency: bool
+    seed: str
+    test_sessions: list[str]
+
+
+class MovedActivity(TypedDict):
+    """The recently active sessions that would change side one way (from the proxy)."""
+
+    sessions: float  # estimate without ids (README "Who moves"); expected on a seed change
+    requests: int  # their requests in the window (test sessions' included when they move)
+    request_share: float  # percent of the feature's requests in the window
+    saturated: bool  # the estimate is a floor
+
+
+class RecentActivity(TypedDict):
+    sessions: float  # estimate
+    requests: int  # every request with a session id, test sessions' included
+    test_session_requests: int
+    saturated: bool
+
+
+class FeaturePreview(MoveFigures):
+    to_signal: MovedActivity | None  # None: no figures from a running proxy
+    to_legacy: MovedActivity | None
+    recent: RecentActivity | None
+
+
+class PreviewDocument(TypedDict):
+    """`GET|POST /-/preview` (SPEC 14); the CLI builds one from two files when no proxy
+    answers (`source` "file", activity None)."""
+
+    source: str  # "proxy": against what it serves; "file": against the file as it is
+    generation: int | None  # the served configuration's
+    changed: bool  # the proposed state routes anyone differently
+    window_seconds: int
+    scope: str  # whose requests were counted
+    warnings: list[str]
+    features: list[FeaturePreview]
+
+
+__all__ = ["FieldDifference", "MoveFigures", "WindowFigures"]  # re-exported: part of the documents

@@ -24,6 +24,7 @@ LAYERS = (
     "proxy.http",
     "proxy.gateway",
     "proxy.status",
+    "proxy.preview",
     "proxy.admin",
     "proxy.app",
     "proxy.workers",

@@ -133,9 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
         "reaches 30 %%, so you watch the guard trip and the autopilot roll back",
     )
 
-    add(
+    p = add(
         "check", views.cmd_check, "validate the config file", "rollout check -c config/rollout.yaml"
     )
+    p.add_argument(
+        "--preview",
+        action="store_true",
+        help="also show who the file would move, against what the running proxy serves",
+    )
+    p.add_argument("--admin", metavar="URL", help="admin listener (default: from the config)")
 
     p = add(
         "explain",
@@ -239,6 +245,11 @@ def _add_ops_commands(
     def edit(p: argparse.ArgumentParser) -> None:
         live(p)
         p.add_argument("--reason", metavar="TEXT", help="why: recorded in the history")
+        p.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="print the change and who it would move (from the running proxy); write nothing",
+        )
 
     p = add(
         "status",

@@ -8,7 +8,7 @@ import urllib.request
 from typing import cast
 
 from proxy.config.values import Config
-from proxy.status import DiffsDocument, StatusDocument
+from proxy.status import DiffsDocument, PreviewDocument, PreviewQuery, StatusDocument
 
 
 class LiveError(Exception):
@@ -24,8 +24,11 @@ def admin_url(config: Config, override: str | None) -> str:
     return f"http://{host}:{config.admin.port}"
 
 
-def fetch(url: str, token: str | None, *, timeout: float = 3.0) -> str:
-    request = urllib.request.Request(url)  # noqa: S310 (URL is the operator's own admin endpoint)
+def fetch(url: str, token: str | None, *, timeout: float = 3.0, body: bytes | None = None) -> str:
+    """GET `url`, or POST `body` as JSON when given."""
+    request = urllib.request.Request(url, data=body)  # noqa: S310 (the operator's admin endpoint)
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -49,11 +52,17 @@ def fetch_diffs(base: str, token: str | None) -> DiffsDocument:
     return cast(DiffsDocument, _fetch_json(base + "/-/diffs", token, "diffs"))
 
 
-def _fetch_json(url: str, token: str | None, key: str) -> object:
+def fetch_preview(base: str, token: str | None, query: PreviewQuery) -> PreviewDocument:
+    """`POST /-/preview`: who `query` would move on the running proxy."""
+    body = json.dumps(query).encode()
+    return cast(PreviewDocument, _fetch_json(base + "/-/preview", token, "features", body))
+
+
+def _fetch_json(url: str, token: str | None, key: str, body: bytes | None = None) -> object:
     """A document of ours: JSON, and an object with `key` (anything else on that port is
     not a rollout-proxy admin listener)."""
     try:
-        data = json.loads(fetch(url, token))
+        data = json.loads(fetch(url, token, body=body))
     except json.JSONDecodeError as exc:
         raise LiveError(f"{url}: not JSON ({exc})") from exc
     if not isinstance(data, dict) or key not in data:

@@ -15,6 +15,7 @@ from proxy.control.client import live_status
 from proxy.control.console import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Console
 from proxy.control.edit import set_value
 from proxy.control.figures import signal_figures
+from proxy.control.preview_view import preview, show_preview
 from proxy.errors import ConfigError, EditError
 from proxy.records.files import write_atomically
 from proxy.records.history import record
@@ -61,7 +62,10 @@ def _apply_edit(
         return EXIT_OK
     try:
         after_text = set_value(before_text, key, value)
-        parse_config(after_text, str(path))
+        proposed = parse_config(after_text, str(path))
+        if args.dry_run:
+            change = f"{dotted} {format_value(before)} -> {format_value(value)}"
+            return _dry_run(con, config, proposed, change, args)
         write_atomically(path, after_text)
     except ConfigError as exc:
         con.error(f"refused: the result would not be a valid configuration ({path} unchanged):")
@@ -90,6 +94,17 @@ def _apply_edit(
     )
     if not args.reason:
         con.warning("no --reason given; the history records the move without one")
+    return EXIT_OK
+
+
+def _dry_run(
+    con: Console, config: Config, proposed: Config, change: str, args: argparse.Namespace
+) -> int:
+    """`--dry-run`: the change and who it moves (SPEC 10, 14); no file, no history."""
+    stage = describe_stage(proposed.rollout.stages, proposed.rollout.percentage)
+    con.info(f"dry run: {change} ({stage}); {args.config_path} not written, no history line")
+    doc, where = preview(config, proposed, args.admin)
+    show_preview(con, doc, where)
     return EXIT_OK
 
 

@@ -30,6 +30,7 @@ from proxy.control.figures import (
     shadow_counts,
     shadow_from_prometheus,
 )
+from proxy.control.preview_view import cmd_check_preview
 from proxy.control.smoke import Check, PeerCertificate, peer_certificates, proxy_url, run_smoke
 from proxy.rollout.routing import choose_upstream, threshold
 from proxy.rollout.stages import (
@@ -82,7 +83,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"  promotion   error rate < {p.max_error_rate:.1%}, p95 < {p.max_p95_ms:g} ms, "
         f"min {p.min_requests} requests"
     )
-    return _print_certificates(config, Console(), time.time())
+    code = _print_certificates(config, Console(), time.time())
+    if args.preview:
+        return max(code, cmd_check_preview(args))
+    return code
 
 
 def _print_certificates(config: Config, con: Console, now: float) -> int:

@@ -67,6 +67,7 @@ async def _handle(
     )
     metrics = runtime.metrics
     metrics.routed(decision.side, decision.reason)
+    runtime.activity.count(decision, session_id, config.rollout, started)
     runtime.request_started()
     outcome: Outcome | None = None
     try:

@@ -17,6 +17,7 @@ from aiohttp import web
 from proxy.config.tls import client_context
 from proxy.config.values import Config, Upstream, UpstreamTLS
 from proxy.errors import FailureReason
+from proxy.gateway.activity import Activity
 from proxy.gateway.shadow import Shadow
 from proxy.gateway.upgrade import Upgrades
 from proxy.http.client import Pool
@@ -73,6 +74,7 @@ class Runtime:
     guard: Guard
     legacy_window: Window
     upgrades: Upgrades
+    activity: Activity  # recent requests by bucket, for the who-moves preview
     pools: dict[PoolKey, Pool] = field(default_factory=dict)
     shadow: Shadow = field(default_factory=Shadow)
     draining: bool = False
@@ -93,6 +95,7 @@ class Runtime:
             guard=Guard(config.guard),
             legacy_window=Window(config.guard.window_seconds),
             upgrades=Upgrades(metrics),
+            activity=Activity(config, time.monotonic()),
         )
         warn_unverified(config)
         runtime.metrics.apply_config(config, guard_tripped=False)
@@ -189,6 +192,7 @@ class Runtime:
         if config.guard.window_seconds != self.legacy_window.seconds:
             self.legacy_window = Window(config.guard.window_seconds)
         self.shadow.configure(config.shadow)
+        self.activity.configure(config)
         self.metrics.apply_config(config, guard_tripped=self.guard_tripped())
         self.upgrades.drain_moved(config, guard_tripped=self.guard_tripped())
 

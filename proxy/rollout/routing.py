@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -35,15 +35,23 @@ class Decision:
     reason: Reason
     feature: str
     bucket: int | None
+    # The hash the bucket came from: the activity counters take more bits of it (no
+    # second hash per request). Not part of the decision's identity.
+    hash: int | None = field(default=None, compare=False)
 
 
-def bucket(session_id: str, seed: str) -> int:
-    """MurmurHash3 x86_32 (seed 0, unsigned) of `seed:session_id` in UTF-8, mod 10,000.
+def session_hash(session_id: str, seed: str) -> int:
+    """MurmurHash3 x86_32 (seed 0, unsigned) of `seed:session_id` in UTF-8.
 
     `surrogateescape` lets ids that arrived as non-UTF-8 bytes hash as those bytes.
     """
     key = f"{seed}:{session_id}".encode("utf-8", "surrogateescape")
-    return mmh3.hash(key, 0, signed=False) % BUCKETS
+    return mmh3.hash(key, 0, signed=False)
+
+
+def bucket(session_id: str, seed: str) -> int:
+    """The session's bucket: `session_hash` mod 10,000 (SPEC 3)."""
+    return session_hash(session_id, seed) % BUCKETS
 
 
 def threshold(percentage: float) -> int:
@@ -88,14 +96,15 @@ def choose_upstream(
         return Decision(Side.LEGACY, Reason.NO_SESSION, name, None)
     if session_id in rollout.test_sessions:
         return Decision(Side.SIGNAL, Reason.TEST_SESSION, name, None)
-    b = bucket(session_id, rollout.seed)
+    h = session_hash(session_id, rollout.seed)
+    b = h % BUCKETS
     if guard_tripped:
-        return Decision(Side.LEGACY, Reason.GUARD, name, b)
+        return Decision(Side.LEGACY, Reason.GUARD, name, b, h)
     pct = rollout.percentage
     if feature is not None and feature.percentage is not None:
         pct = feature.percentage
     side = Side.SIGNAL if b < threshold(pct) else Side.LEGACY
-    return Decision(side, Reason.BUCKET, name, b)
+    return Decision(side, Reason.BUCKET, name, b, h)
 
 
 class HeaderLookup(Protocol):

@@ -39,6 +39,7 @@ ENDPOINTS = [
     ("GET", "/-/status"),
     ("POST", "/-/reload"),
     ("POST", "/-/guard/reset"),
+    ("GET", "/-/preview"),
 ]
 WRONG = [
     None,
