@@ -75,9 +75,11 @@ class Walk:
         return gradual_steps(self.start, self.target, self.step)
 
     def where(self, percentage: float) -> str:
-        """`step 2 of 4` for the step that wrote `percentage`."""
+        """`step 2 of 4` for the step that wrote `percentage` (`before step 1 of 4` at the
+        start: a first step lost to a crash)."""
         steps = self.steps()
-        return f"step {step_number(steps, percentage)} of {len(steps)}"
+        k = step_number(steps, percentage)
+        return f"step {k} of {len(steps)}" if k else f"before step 1 of {len(steps)}"
 
     def next_step(self, percentage: float) -> float:
         return next(s for s in self.steps() if s < percentage)

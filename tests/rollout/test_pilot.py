@@ -1096,3 +1096,14 @@ def test_a_step_lost_to_a_crash_is_walked_again() -> None:
     assert last.move is not None
     assert (last.move.before, last.move.after) == (35, 30)
     assert last.notices == ()
+
+
+def test_a_walk_names_its_steps() -> None:
+    walk = Walk(50.0, 30.0, 5.0, "failures")
+    assert [walk.where(p) for p in (50, 45, 30)] == [
+        "before step 1 of 4",
+        "step 1 of 4",
+        "step 4 of 4",
+    ]
+    assert walk.next_step(50) == 45
+    assert walk.next_step(35) == 30
