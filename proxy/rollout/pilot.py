@@ -210,7 +210,8 @@ def _follow_the_file(
         notices.append(Notice(Event.HUMAN_CHANGE, _describe_change(state, percentage, emergency)))
         if state.walking:
             state = _stop_walk(state, "by someone else's change")
-        state = dataclasses.replace(state, percentage=percentage, emergency=emergency)
+        # A walk already done goes too: its target must not pull a person's value down.
+        state = dataclasses.replace(state, percentage=percentage, emergency=emergency, walk=None)
         state = state.restarted(now)
     off_plan = None
     if emergency:

@@ -1107,3 +1107,16 @@ def test_a_walk_names_its_steps() -> None:
     ]
     assert walk.next_step(50) == 45
     assert walk.next_step(35) == 30
+
+
+def test_a_person_s_raise_after_a_gradual_rollback_is_not_walked_down_again() -> None:
+    run = walking_from_50()
+    run.ticks("---")
+    assert (run.percentage, run.state.walking) == (30, False)
+    run.percentage = 50  # a person puts it back while the rollback pause holds
+    decision = run.tick(None)
+    assert decision.move is None
+    assert events(decision) == [Event.HUMAN_CHANGE]
+    assert (decision.state.walk, decision.state.pause) == (None, PauseKind.ROLLBACK)
+    run.ticks("--FF")
+    assert run.percentage == 50
