@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import signal
 import sys
 import threading
@@ -76,7 +77,7 @@ def _plan(args: argparse.Namespace, config: Config, con: Console) -> Plan | int:
     step = DEFAULT_STEP if args.step is None else args.step
     every = DEFAULT_EVERY if args.every is None else args.every
     problem = _percentage_problem("--step", step, above_zero=True) or (
-        None if every >= 0 else f"--every {every:g} must be 0 or more seconds"
+        None if 0 <= every < math.inf else f"--every {every:g} must be 0 or more seconds"
     )
     if args.to is not None:
         problem = problem or _percentage_problem("--to", args.to)

@@ -196,6 +196,7 @@ def test_refusals_write_nothing(tmp_path: Path) -> None:
         (["--gradual", "--to", "1.234"], "--to 1.234 has more than two decimals"),
         (["--gradual", "--step", "0"], "--step 0 must be more than 0"),
         (["--gradual", "--every", "-1"], "--every -1 must be 0 or more seconds"),
+        (["--gradual", "--every", "inf"], "--every inf must be 0 or more seconds"),
         (["--step", "5"], "--step only with --gradual"),
     ]
     for args, said in cases:
