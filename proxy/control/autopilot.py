@@ -7,7 +7,8 @@ analyses the interval (`proxy.rollout.analysis`), lets the pure stage machine de
 path: validated in full, comments kept, written atomically, one history line.
 
 A move is written in this order: the intent into the state file, the config, the history
-line, then the state. After a crash anywhere in between, the intent tells the autopilot's
+line, then the state; each step of a gradual rollback (`on_failure: gradual`, one per tick)
+is such a move. After a crash anywhere in between, the intent tells the autopilot's
 own write from a person's, so a restart neither promotes twice nor mistakes itself for
 someone else. After any change of the percentage the next read is a fresh baseline: an
 interval that straddles a change is evidence for neither stage.
@@ -97,11 +98,6 @@ def run_autopilot(
             "autopilot move the rollout"
         )
         return EXIT_USAGE
-    if config.autopilot.on_failure == "gradual":
-        con.warning(
-            "autopilot.on_failure: gradual is not available yet (it needs `rollout rollback "
-            "--gradual`): a failure rolls back to the previous stage at once"
-        )
     stop = stop or threading.Event()
     with _stop_on_signals(stop), contextlib.ExitStack() as stack:
         if not dry_run:

@@ -291,10 +291,11 @@ def _add_ops_commands(
     p = add(
         "rollback",
         moves.cmd_rollback,
-        "move to the previous stage below the current percentage",
-        "rollout rollback --reason 'p95 regression'",
+        "move to the previous stage below the current percentage (--gradual: in steps)",
+        "rollout rollback --gradual --step 5 --every 60 --reason 'p95 regression'",
     )
     edit(p)
+    _add_gradual_options(p)
 
     p = add(
         "emergency",
@@ -334,6 +335,49 @@ def _add_ops_commands(
     live(p)
     p.add_argument("--limit", type=int, default=20, help="mismatches to show (default 20)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_gradual_options(p: argparse.ArgumentParser) -> None:
+    """`rollout rollback --gradual` (SPEC 14): its options, and the dispatch to it."""
+    from proxy.control.gradual import DEFAULT_EVERY, DEFAULT_STEP
+
+    p.add_argument(
+        "--gradual",
+        action="store_true",
+        help="lower the percentage in steps, each written and logged; Ctrl-C or SIGTERM stops "
+        "it where it is (exit 130 / 143); a change by someone else stops it (exit 1)",
+    )
+    p.add_argument(
+        "--step",
+        type=float,
+        metavar="PCT",
+        help=f"with --gradual: percentage points per step (default {DEFAULT_STEP:g})",
+    )
+    p.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help=f"with --gradual: seconds between two steps (default {DEFAULT_EVERY:g})",
+    )
+    p.add_argument(
+        "--to",
+        type=float,
+        metavar="PCT",
+        help="with --gradual: where to stop (default: the previous stage)",
+    )
+    p.set_defaults(func=_rollback)
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from proxy.control.gradual import cmd_rollback_gradual
+
+    if args.gradual:
+        return cmd_rollback_gradual(args)
+    given = [f"--{name}" for name in ("step", "every", "to") if getattr(args, name) is not None]
+    if given:
+        print(f"rollout rollback: {', '.join(given)} only with --gradual", file=sys.stderr)
+        return EXIT_USAGE
+    return moves.cmd_rollback(args)
 
 
 def _setup_logging(args: argparse.Namespace) -> None:

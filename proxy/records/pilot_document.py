@@ -3,12 +3,19 @@
 
 from __future__ import annotations
 
-from typing import Any, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 from proxy.rollout.analysis import AnalysisDocument
-from proxy.rollout.pilot import PauseKind, PilotState
+from proxy.rollout.pilot import PauseKind, PilotState, Walk
 
 KEEP_ANALYSES = 20  # the last analyses kept for `autopilot status`
+
+
+class WalkDocument(TypedDict):
+    start: float
+    target: float
+    step: float
+    reason: str
 
 
 class StateDocument(TypedDict):
@@ -24,6 +31,7 @@ class StateDocument(TypedDict):
     waiting_gate: float | None
     approvals_used: int
     resumes_seen: int
+    walk: NotRequired[WalkDocument | None]  # absent in files written before gradual rollbacks
 
 
 class AnalysisEntry(TypedDict):
@@ -66,7 +74,18 @@ def state_document(state: PilotState) -> StateDocument:
         "waiting_gate": state.waiting_gate,
         "approvals_used": state.approvals_used,
         "resumes_seen": state.resumes_seen,
+        "walk": None if state.walk is None else _walk_document(state.walk),
     }
+
+
+def _walk_document(walk: Walk) -> WalkDocument:
+    return {"start": walk.start, "target": walk.target, "step": walk.step, "reason": walk.reason}
+
+
+def _walk(doc: WalkDocument | None) -> Walk | None:
+    if doc is None:
+        return None
+    return Walk(float(doc["start"]), float(doc["target"]), float(doc["step"]), str(doc["reason"]))
 
 
 def pilot_state(doc: StateDocument) -> PilotState:
@@ -83,6 +102,7 @@ def pilot_state(doc: StateDocument) -> PilotState:
         waiting_gate=None if doc["waiting_gate"] is None else float(doc["waiting_gate"]),
         approvals_used=int(doc["approvals_used"]),
         resumes_seen=int(doc["resumes_seen"]),
+        walk=_walk(doc.get("walk")),
     )
 
 

@@ -14,6 +14,11 @@ Pauses have kinds, because they lift differently:
 | `traffic`, `errors` | `max_inconclusive`, `max_errors` in a row | a conclusive analysis; resume |
 | `rollback` | applying `on_failure` | `rollout resume` (no automatic second try) |
 
+`on_failure: gradual` walks down to the rollback target one step per tick (`Walk`): the
+rollback pause holds from the first step, each tick writes the next step whatever the
+figures say, and a person's change, `rollout pause` or `rollout resume` stops the walk
+where it stands (never overwritten, never carried on).
+
 Whenever a pause lifts or a person changes the percentage, the bake starts again; the
 analysis on the tick of a person's change measured the old value, so it is not counted.
 Unreadable or too few figures say nothing about signal: they neither add to a run of
@@ -28,7 +33,12 @@ from enum import StrEnum
 
 from proxy.config.values import AutopilotConfig
 from proxy.rollout.analysis import Analysis, Outcome
+from proxy.rollout.gradual import gradual_steps, step_number
 from proxy.rollout.stages import next_stage, previous_stage
+
+# `on_failure: gradual`'s pace. SPEC 13 has no key for it: the step is the default of
+# `rollout rollback --gradual`, and one step is taken per tick, i.e. per autopilot.interval.
+GRADUAL_STEP = 5.0
 
 
 class Event(StrEnum):
@@ -52,6 +62,30 @@ class PauseKind(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Walk:
+    """A gradual rollback from `start` down to `target`. Kept after its last step until the
+    rollback pause lifts, so a last step lost to a crash is walked again at restart."""
+
+    start: float
+    target: float
+    step: float
+    reason: str  # the failures that started it
+
+    def steps(self) -> list[float]:
+        return gradual_steps(self.start, self.target, self.step)
+
+    def where(self, percentage: float) -> str:
+        """`step 2 of 4` for the step that wrote `percentage` (`before step 1 of 4` at the
+        start: a first step lost to a crash)."""
+        steps = self.steps()
+        k = step_number(steps, percentage)
+        return f"step {k} of {len(steps)}" if k else f"before step 1 of {len(steps)}"
+
+    def next_step(self, percentage: float) -> float:
+        return next(s for s in self.steps() if s < percentage)
+
+
+@dataclass(frozen=True, slots=True)
 class PilotState:
     """Everything the controller must remember across a restart."""
 
@@ -67,6 +101,12 @@ class PilotState:
     waiting_gate: float | None = None  # the gated percentage a promotion waits for
     approvals_used: int = 0  # operator approvals consumed
     resumes_seen: int = 0  # operator resumes already acted on
+    walk: Walk | None = None  # on_failure: gradual, under way or just done
+
+    @property
+    def walking(self) -> bool:
+        """A gradual rollback has steps left to write."""
+        return self.walk is not None and self.percentage > self.walk.target
 
     def restarted(self, now: float) -> PilotState:
         """The bake and every run counted again from `now`."""
@@ -137,9 +177,10 @@ def decide(
     changed = percentage != state.percentage or emergency != state.emergency
     state = _follow_the_file(state, percentage, emergency, stages, now, notices)
     state = _follow_operators(state, operator, now, notices)
-    if changed:
+    if changed or state.walking:
         # The interval ran at the old value: it says nothing about the person's, which
-        # must not be promoted or rolled back on figures it never had.
+        # must not be promoted or rolled back on figures it never had. A walk under way
+        # is a decision being carried out: it waits on no figures.
         analysis = None
     if analysis is not None:
         state = _count(state, analysis, config, now, notices)
@@ -147,6 +188,9 @@ def decide(
     # (emergency on, off the plan, `rollout pause`); both steps are idempotent.
     state = _follow_the_file(state, percentage, emergency, stages, now, notices)
     state = _follow_operators(state, operator, now, notices)
+    if state.walking:
+        step, stepped = _step(state, now)
+        return Decision(stepped, step, tuple(notices), state)
     if analysis is None or state.pause is not None:
         return Decision(state, None, tuple(notices), state)
 
@@ -164,7 +208,10 @@ def _follow_the_file(
 ) -> PilotState:
     if percentage != state.percentage or emergency != state.emergency:
         notices.append(Notice(Event.HUMAN_CHANGE, _describe_change(state, percentage, emergency)))
-        state = dataclasses.replace(state, percentage=percentage, emergency=emergency)
+        if state.walking:
+            state = _stop_walk(state, "by someone else's change")
+        # A walk already done goes too: its target must not pull a person's value down.
+        state = dataclasses.replace(state, percentage=percentage, emergency=emergency, walk=None)
         state = state.restarted(now)
     off_plan = None
     if emergency:
@@ -188,7 +235,23 @@ def _describe_change(state: PilotState, percentage: float, emergency: bool) -> s
         parts.append(
             f"rollout.emergency {str(state.emergency).lower()} -> {str(emergency).lower()}"
         )
-    return ", ".join(parts) + " by someone else: the bake starts again"
+    changed = ", ".join(parts) + " by someone else"
+    if state.walk is not None and state.walking:
+        where = state.walk.where(state.percentage)
+        return f"{changed}: the gradual rollback stops ({where} at {state.percentage:g} % stands)"
+    return changed + ": the bake starts again"
+
+
+def _stop_walk(state: PilotState, why: str) -> PilotState:
+    """The walk ends where it stands; the rollback pause stays."""
+    assert state.walk is not None
+    walk = state.walk
+    reason = (
+        f"gradual rollback {walk.start:g} % -> {walk.target:g} % stopped at "
+        f"{state.percentage:g} % ({walk.where(state.percentage)}) {why}; `rollout resume` "
+        "to try again"
+    )
+    return dataclasses.replace(state, walk=None, pause_reason=reason)
 
 
 def _follow_operators(
@@ -198,7 +261,15 @@ def _follow_operators(
         state = dataclasses.replace(state, resumes_seen=operator.resumes)
         if state.pause in (PauseKind.ROLLBACK, PauseKind.TRAFFIC, PauseKind.ERRORS):
             notices.append(Notice(Event.RESUME, f"rollout resume (was: {state.pause_reason})"))
-            state = dataclasses.replace(state, pause=None, pause_reason=None).restarted(now)
+            lifted = dataclasses.replace(state, pause=None, pause_reason=None, walk=None)
+            state = lifted.restarted(now)
+    if operator.paused and state.walk is not None and state.walking:
+        reason = operator.pause_reason or "no reason given"
+        where = f"{state.walk.where(state.percentage)} at {state.percentage:g} % stands"
+        notices.append(
+            Notice(Event.PAUSE, f"rollout pause: {reason}; the gradual rollback stops ({where})")
+        )
+        return dataclasses.replace(state, walk=None, pause=PauseKind.PERSON, pause_reason=reason)
     if operator.paused and state.pause is None:
         reason = operator.pause_reason or "no reason given"
         notices.append(Notice(Event.PAUSE, f"rollout pause: {reason}"))
@@ -300,6 +371,9 @@ def _roll_back(
         notices.append(Notice(Event.PAUSE, reason))  # no move to post: the pause says it
         paused = dataclasses.replace(state, pause=PauseKind.ROLLBACK, pause_reason=reason)
         return None, paused
+    if config.on_failure == "gradual":
+        walk = Walk(state.percentage, target, GRADUAL_STEP, why)
+        return _step(dataclasses.replace(state, pause=PauseKind.ROLLBACK, walk=walk), now)
     reason = (
         f"rolled back {state.percentage:g} % -> {target:g} % ({why}); `rollout resume` to try again"
     )
@@ -308,10 +382,29 @@ def _roll_back(
     return Move(Event.ROLLBACK, state.percentage, target, why), after
 
 
+def _step(state: PilotState, now: float) -> tuple[Move, PilotState]:
+    """The walk's next step; the last one leaves the pause saying where it landed."""
+    assert state.walk is not None
+    walk = state.walk
+    after = walk.next_step(state.percentage)
+    span = f"{walk.start:g} % -> {walk.target:g} %"
+    reason = f"{walk.where(after)} of the gradual rollback {span}: {walk.reason}"
+    if after == walk.target:
+        steps = len(walk.steps())
+        pause_reason = (
+            f"rolled back {span} in {steps} step{'s' if steps > 1 else ''} ({walk.reason}); "
+            "`rollout resume` to try again"
+        )
+    else:
+        pause_reason = f"rolling back {span}, {walk.step:g} % a step ({walk.reason})"
+    stepped = dataclasses.replace(state, percentage=after, pause_reason=pause_reason)
+    return Move(Event.ROLLBACK, state.percentage, after, reason), stepped.restarted(now)
+
+
 def rollback_target(on_failure: str, stages: tuple[float, ...], percentage: float) -> float | None:
     """Where `on_failure` goes from `percentage`; None when there is nothing lower.
 
-    `gradual` lands where `previous` does (the steps on the way are the controller's).
+    `gradual` lands where `previous` does, in steps (`Walk`).
     """
     if on_failure == "zero":
         return 0.0 if percentage > 0 else None
@@ -326,6 +419,12 @@ def next_action(
     now: float,
 ) -> str:
     """What the autopilot will do next, in one sentence, for `rollout autopilot status`."""
+    if state.walk is not None and state.walking:
+        walk, step = state.walk, state.walk.next_step(state.percentage)
+        return (
+            f"rolling back gradually to {walk.target:g} %: {step:g} % next "
+            f"({walk.where(step)}), one step per autopilot.interval; then paused"
+        )
     if state.pause is not None:
         lift = {
             PauseKind.PLAN: "put the file back on a stage (and emergency off)",

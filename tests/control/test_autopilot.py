@@ -7,6 +7,7 @@ fleet, Prometheus and processes are in tests/e2e/test_autopilot.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -225,3 +226,79 @@ def test_disabled_in_the_file_mid_run_means_no_decision(path: Path) -> None:
     assert c.tick() is None
     assert load_config(path).rollout.percentage == 10
     assert not (path.parent / "rollout-history.jsonl").exists()
+
+
+def test_on_failure_gradual_walks_down_one_step_a_tick_then_pauses(tmp_path: Path) -> None:
+    path = tmp_path / "rollout.yaml"
+    path.write_text(config_text(50, on_failure="gradual"), encoding="utf-8")
+    lines: list[str] = []
+    script = Script(errors=20)
+    c = controller(path, script, lines)
+    c.baseline = script.read()
+    seen = []
+    for _ in range(4):  # the failure writes the first step; each tick after it one more
+        c.tick()
+        seen.append(load_config(path).rollout.percentage)
+        assert saved(path)["pending"] is None
+    assert seen == [45, 40, 35, 30]
+    steps = [e for e in history(path) if e["event"] == "rollback"]
+    assert [(e["before"], e["after"]) for e in steps] == [
+        ({"rollout.percentage": b}, {"rollout.percentage": a})
+        for b, a in [(50, 45), (45, 40), (40, 35), (35, 30)]
+    ]
+    assert [e["reason"].split(" of the")[0] for e in steps] == [
+        f"step {k} of 4" for k in range(1, 5)
+    ]
+    assert steps[0]["figures"]["outcome"] == "fail"  # the failure that started it
+    assert all(e["command"] == "autopilot" for e in steps)
+    assert [e["event"] for e in history(path)] == ["rollback"] * 4  # no human_change
+    state = saved(path)["state"]
+    assert (state["percentage"], state["pause"], state["walk"]["target"]) == (30, "rollback", 30)
+    assert state["pause_reason"].startswith("rolled back 50 % -> 30 % in 4 steps")
+    assert sum("ROLLBACK" in line for line in lines) == 4, lines
+    assert path.read_text(encoding="utf-8").startswith("# the operators' comment stays")
+    for _ in range(3):  # paused as a plain rollback is: nothing more moves
+        c.tick()
+    assert load_config(path).rollout.percentage == 30
+    assert len(history(path)) == 4
+
+
+def test_a_persons_set_during_the_gradual_walk_stops_it(tmp_path: Path) -> None:
+    path = tmp_path / "rollout.yaml"
+    path.write_text(config_text(50, on_failure="gradual"), encoding="utf-8")
+    lines: list[str] = []
+    script = Script(errors=20)
+    c = controller(path, script, lines)
+    c.baseline = script.read()
+    c.tick()
+    c.tick()
+    assert load_config(path).rollout.percentage == 40
+    path.write_text(config_text(10, on_failure="gradual"), encoding="utf-8")
+    for _ in range(3):
+        c.tick()
+    assert load_config(path).rollout.percentage == 10
+    events = [e["event"] for e in history(path)]
+    assert events == ["rollback", "rollback", "human_change"]
+    assert "the gradual rollback stops" in history(path)[-1]["reason"]
+    assert c.state.walk is None
+
+
+def test_a_gradual_step_cut_short_by_a_crash_is_taken_again(tmp_path: Path) -> None:
+    path = tmp_path / "rollout.yaml"
+    path.write_text(config_text(50, on_failure="gradual"), encoding="utf-8")
+    script = Script(errors=20)
+    c = controller(path, script, [])
+    c.baseline = script.read()
+    c.tick()  # 45 %
+    # As a SIGKILL after the intent of the step to 40 % would leave it: not written.
+    c.state = dataclasses.replace(c.state, percentage=40.0)
+    doc = saved(path)
+    doc["state"]["percentage"] = 40
+    doc["pending"] = {"event": "rollback", "before": 45, "after": 40, "at": 1000.0}
+    write_controller(path, doc)
+    lines: list[str] = []
+    again = controller(path, script, lines)
+    assert any("was not written" in line for line in lines), lines
+    again.tick()
+    assert load_config(path).rollout.percentage == 40
+    assert [e["event"] for e in history(path)] == ["rollback", "rollback"]

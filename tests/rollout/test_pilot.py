@@ -18,6 +18,7 @@ from proxy.rollout.pilot import (
     Operator,
     PauseKind,
     PilotState,
+    Walk,
     decide,
     initial_state,
     next_action,
@@ -37,6 +38,7 @@ CONFIG = AutopilotConfig(
     on_failure="previous",
 )
 T0 = 1_700_000_000.0
+GRADUAL = dataclasses.replace(CONFIG, on_failure="gradual")
 
 PASS = Analysis(Outcome.PASS, "every criterion holds")
 HOLD = Analysis(Outcome.HOLD, "signal p95 250 ms (needs < 200 ms): not met")
@@ -178,14 +180,52 @@ WALKS: list[
         PauseKind.ROLLBACK,
     ),
     (
-        "on_failure gradual lands where previous does",
-        dataclasses.replace(CONFIG, on_failure="gradual"),
+        "on_failure gradual: the failure writes the first step",
+        GRADUAL,
         50,
         "FF",
         60,
-        [("rollback", 50, 30)],
+        [("rollback", 50, 45)],
         PauseKind.ROLLBACK,
     ),
+    (
+        "on_failure gradual walks down one step a tick to the previous stage",
+        GRADUAL,
+        50,
+        "FF---",
+        60,
+        [("rollback", 50, 45), ("rollback", 45, 40), ("rollback", 40, 35), ("rollback", 35, 30)],
+        PauseKind.ROLLBACK,
+    ),
+    (
+        # The walk is a decision being carried out: passes or failures do not change it.
+        "on_failure gradual: figures during the walk are not counted",
+        GRADUAL,
+        50,
+        "FFPFE",
+        60,
+        [("rollback", 50, 45), ("rollback", 45, 40), ("rollback", 40, 35), ("rollback", 35, 30)],
+        PauseKind.ROLLBACK,
+    ),
+    (
+        "on_failure gradual: once down, nothing moves until resume",
+        GRADUAL,
+        50,
+        "FF---PPPPFFFF",
+        600,
+        [("rollback", 50, 45), ("rollback", 45, 40), ("rollback", 40, 35), ("rollback", 35, 30)],
+        PauseKind.ROLLBACK,
+    ),
+    (
+        "on_failure gradual from 10: a last step of 5 to 0",
+        GRADUAL,
+        10,
+        "FF-",
+        60,
+        [("rollback", 10, 5), ("rollback", 5, 0)],
+        PauseKind.ROLLBACK,
+    ),
+    ("on_failure gradual at 0: paused, no move", GRADUAL, 0, "FF", 60, [], PauseKind.ROLLBACK),
     (
         "failure_limit 1",
         dataclasses.replace(CONFIG, failure_limit=1),
@@ -898,9 +938,15 @@ def test_moves_only_go_one_stage_up_or_to_the_rollback_target(
             assert after.approvals_used == before.approvals_used
             continue
         move = decision.move
-        assert analysis is not None
         assert not run.operator.paused
         assert move.before == before.percentage
+        if before.walking:  # a step of a walk under way: the next one, whatever the figures
+            assert before.walk is not None
+            assert move.event is Event.ROLLBACK
+            assert move.after == before.walk.next_step(move.before)
+            assert after.pause is PauseKind.ROLLBACK
+            continue
+        assert analysis is not None
         if move.event is Event.PROMOTE:
             assert analysis.outcome not in (Outcome.FAIL, Outcome.ERROR)
             assert move.after == next_stage(STAGES, move.before)
@@ -909,5 +955,168 @@ def test_moves_only_go_one_stage_up_or_to_the_rollback_target(
         else:
             assert move.event is Event.ROLLBACK
             assert analysis.outcome is Outcome.FAIL
-            assert move.after == rollback_target(on_failure, STAGES, move.before)
+            target = rollback_target(on_failure, STAGES, move.before)
+            if on_failure == "gradual":
+                assert target is not None
+                assert move.after == max(target, move.before - 5)  # the first step
+                assert after.walk == Walk(move.before, target, 5.0, move.reason.split(": ", 1)[1])
+            else:
+                assert move.after == target
             assert after.pause is PauseKind.ROLLBACK
+
+
+# --- on_failure: gradual ----------------------------------------------------------------------
+
+
+def walking_from_50() -> Run:
+    """Two failures at 50 % under `on_failure: gradual`: the first step (45 %) is written."""
+    run = Run(percentage=50, config=GRADUAL)
+    run.ticks("FF")
+    assert run.moves() == [("rollback", 50, 45)]
+    return run
+
+
+def test_a_gradual_rollback_says_each_step_and_pauses_at_the_end() -> None:
+    run = walking_from_50()
+    first = run.decisions[-1]
+    why = f"2 failed analyses in a row: {FAIL.reason}"
+    assert first.move is not None
+    assert first.move.reason == f"step 1 of 4 of the gradual rollback 50 % -> 30 %: {why}"
+    assert first.state.walk == Walk(50, 30, 5.0, why)
+    assert first.state.pause is PauseKind.ROLLBACK
+    assert first.state.pause_reason == f"rolling back 50 % -> 30 %, 5 % a step ({why})"
+    assert first.notices == ()  # the move is the rollback's post; no pause posted beside it
+    assert first.counted is not None
+    assert (first.counted.percentage, first.counted.walk) == (50, None)
+    assert next_action(run.state, GRADUAL, STAGES, run.operator, run.now) == (
+        "rolling back gradually to 30 %: 40 % next (step 2 of 4), "
+        "one step per autopilot.interval; then paused"
+    )
+    steps = run.ticks("---")
+    assert [d.move.reason.split(" of the")[0] for d in steps if d.move] == [
+        "step 2 of 4",
+        "step 3 of 4",
+        "step 4 of 4",
+    ]
+    assert run.state.percentage == 30
+    assert run.state.pause_reason == (
+        f"rolled back 50 % -> 30 % in 4 steps ({why}); `rollout resume` to try again"
+    )
+    assert not run.state.walking
+    assert next_action(run.state, GRADUAL, STAGES, run.operator, run.now).startswith(
+        "paused (rolled back 50 % -> 30 % in 4 steps"
+    )
+    assert run.tick(PASS).move is None
+
+
+def test_a_person_s_change_during_the_walk_stops_it_and_is_never_overwritten() -> None:
+    run = walking_from_50()
+    run.tick(None)  # 40 %
+    run.percentage = 10  # `rollout set 10` between two steps
+    stopped = run.tick(None)
+    assert stopped.move is None
+    assert [(n.event, n.reason) for n in stopped.notices] == [
+        (
+            Event.HUMAN_CHANGE,
+            "rollout.percentage 40 -> 10 by someone else: the gradual rollback stops "
+            "(step 2 of 4 at 40 % stands)",
+        )
+    ]
+    assert stopped.state.walk is None
+    assert stopped.state.percentage == 10
+    assert stopped.state.pause is PauseKind.ROLLBACK
+    assert stopped.state.pause_reason is not None
+    assert "stopped at 40 % (step 2 of 4) by someone else's change" in stopped.state.pause_reason
+    run.ticks("PPPPFFFF", 600)
+    assert run.moves() == [("rollback", 50, 45), ("rollback", 45, 40)]
+
+
+def test_emergency_during_the_walk_stops_it() -> None:
+    run = walking_from_50()
+    run.emergency = True
+    stopped = run.tick(None)
+    assert stopped.move is None
+    assert events(stopped) == [Event.HUMAN_CHANGE]
+    assert stopped.state.walk is None
+    assert stopped.state.pause is PauseKind.ROLLBACK
+    run.ticks("----")
+    assert run.percentage == 45
+
+
+def test_rollout_pause_during_the_walk_stops_it_where_it_stands() -> None:
+    run = walking_from_50()
+    run.operator = Operator(paused=True, pause_reason="we take it from here")
+    stopped = run.tick(None)
+    assert stopped.move is None
+    assert [(n.event, n.reason) for n in stopped.notices] == [
+        (
+            Event.PAUSE,
+            "rollout pause: we take it from here; the gradual rollback stops "
+            "(step 1 of 4 at 45 % stands)",
+        )
+    ]
+    assert (stopped.state.pause, stopped.state.walk) == (PauseKind.PERSON, None)
+    run.ticks("----")
+    assert run.percentage == 45
+    # `rollout resume` lifts the person's pause; 45 % is not a stage: the plan's pause holds.
+    run.operator = Operator(resumes=1)
+    resumed = run.tick(PASS)
+    assert events(resumed) == [Event.RESUME, Event.PAUSE]
+    assert resumed.state.pause is PauseKind.PLAN
+    assert resumed.move is None
+
+
+def test_rollout_resume_during_the_walk_stops_it_and_lifts_the_rollback_pause() -> None:
+    run = walking_from_50()
+    run.resume()
+    resumed = run.tick(None)
+    assert resumed.move is None
+    assert events(resumed) == [Event.RESUME, Event.PAUSE]  # 45 % is off the plan
+    assert (resumed.state.pause, resumed.state.walk) == (PauseKind.PLAN, None)
+    assert run.percentage == 45
+
+
+def test_a_step_lost_to_a_crash_is_walked_again() -> None:
+    # The controller's restart puts the percentage back when its write did not happen;
+    # the walk kept in the state takes the same step again.
+    run = walking_from_50()
+    run.tick(None)  # the step to 40 % is decided ...
+    assert run.state.walk is not None
+    run.state = dataclasses.replace(run.state, percentage=45.0)  # ... but never written
+    run.percentage = 45
+    again = run.tick(None)
+    assert again.move is not None
+    assert (again.move.before, again.move.after) == (45, 40)
+    # Even the last step, after which the walk is done.
+    run.ticks("--")
+    assert run.state.percentage == 30
+    run.state = dataclasses.replace(run.state, percentage=35.0)
+    run.percentage = 35
+    last = run.tick(None)
+    assert last.move is not None
+    assert (last.move.before, last.move.after) == (35, 30)
+    assert last.notices == ()
+
+
+def test_a_walk_names_its_steps() -> None:
+    walk = Walk(50.0, 30.0, 5.0, "failures")
+    assert [walk.where(p) for p in (50, 45, 30)] == [
+        "before step 1 of 4",
+        "step 1 of 4",
+        "step 4 of 4",
+    ]
+    assert walk.next_step(50) == 45
+    assert walk.next_step(35) == 30
+
+
+def test_a_person_s_raise_after_a_gradual_rollback_is_not_walked_down_again() -> None:
+    run = walking_from_50()
+    run.ticks("---")
+    assert (run.percentage, run.state.walking) == (30, False)
+    run.percentage = 50  # a person puts it back while the rollback pause holds
+    decision = run.tick(None)
+    assert decision.move is None
+    assert events(decision) == [Event.HUMAN_CHANGE]
+    assert (decision.state.walk, decision.state.pause) == (None, PauseKind.ROLLBACK)
+    run.ticks("--FF")
+    assert run.percentage == 50

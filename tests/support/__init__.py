@@ -7,6 +7,7 @@ Everything tests share lives in this package (never in a test file or a conftest
 uvicorn as subprocess upstreams) with `sse_app` (the ASGI app uvicorn serves), `bursts`
 (bounded bursts of requests whose counter deltas are known in advance), `hooks` (a webhook
 receiver in a thread of its own), `autopilot` (fleets, loads and the controller process),
+`gradual` (`rollout rollback --gradual` as a process, the proxy's percentage polled),
 `demo` (`rollout demo` as a subprocess read line by line, and a scripted stand-in
 controller).
 """
