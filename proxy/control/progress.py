@@ -154,8 +154,7 @@ def _next_step(inputs: ReportInputs) -> list[str]:
     if live is None:
         return [
             *lines,
-            f"Promote to {percent_text(target)} (`rollout promote`): cannot be judged "
-            f"without live figures ({NO_LIVE}).",
+            f"Promote to {percent_text(target)} (`rollout promote`): cannot be judged: {NO_LIVE}.",
         ]
     signal = live.figures["signal"]
     verdict = judge(

@@ -58,7 +58,7 @@ def figures_per_stage(inputs: ReportInputs, in_range: list[Line]) -> list[str]:
     if inputs.live is not None:
         rows.append(_current_row(inputs, inputs.live))
     if not rows:
-        return [*lines, f"No figures recorded in this range; the live ones are {NO_LIVE}."]
+        return [*lines, f"No figures recorded in this range, and {NO_LIVE}."]
     header = [
         "Stage",
         "Time",
@@ -74,7 +74,7 @@ def figures_per_stage(inputs: ReportInputs, in_range: list[Line]) -> list[str]:
     if inputs.live is None:
         lines += [
             "",
-            f"The current stage's live figures are {NO_LIVE}.",
+            f"The current stage: {NO_LIVE}.",
         ]
     return lines
 
@@ -213,7 +213,7 @@ def fallbacks(inputs: ReportInputs) -> list[str]:
     lines = ["## Fallbacks", ""]
     live = inputs.live
     if live is None:
-        return [*lines, f"Unknown: the live figures are {NO_LIVE}."]
+        return [*lines, f"Unknown: {NO_LIVE}."]
     if not live.fallbacks:
         return [*lines, f"No request fell back to legacy {md.text(live.counted)}."]
     text = f"**{live.fallbacks}** requests fell back to legacy {md.text(live.counted)}"
@@ -233,7 +233,7 @@ def shadow(inputs: ReportInputs) -> list[str]:
     lines = ["## Shadow comparison", ""]
     live = inputs.live
     if live is None:
-        return [*lines, f"Unknown: the live figures are {NO_LIVE}."]
+        return [*lines, f"Unknown: {NO_LIVE}."]
     enabled = inputs.config.shadow.enabled
     if not live.shadow:
         state = "on" if enabled else "off: `shadow.enabled: false`"

@@ -136,7 +136,7 @@ def guard_trips(inputs: ReportInputs, in_range: list[Line]) -> list[str]:
     lines.append("")
     now = inputs.live
     if now is None:
-        lines.append(f"Now: unknown (the live figures are {NO_LIVE}).")
+        lines.append(f"Now: unknown: {NO_LIVE}.")
         return lines
     lines.append(f"Now: {guard_text(now.guard)}.")
     if now.guard.changes is not None:

@@ -30,7 +30,7 @@ _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-NO_LIVE = "unavailable (the summary says why)"
+NO_LIVE = "no live figures (the summary says why)"
 PASS, FAIL, NOT_JUDGED = "✅", "❌", "⚪"
 
 

@@ -145,6 +145,7 @@ def _from_prometheus(prometheus: str, window: str, since: str) -> Live:
         guard=GuardNow(
             enabled=None,
             tripped=replicas > 0,
+            reason=f"rollout_guard_tripped is 1 on {replicas} replica(s)" if replicas else None,
             replicas_tripped=replicas,
             changes=round(value_of(changes[0])) if changes else 0,
         ),
