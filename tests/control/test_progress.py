@@ -43,6 +43,7 @@ from proxy.records.pilot_state import write_controller
 from proxy.rollout.analysis import Sample, SideSample, analyse
 from proxy.rollout.pilot import PilotState
 from tests.support import (
+    HOST,
     ProxyProcess,
     UpstreamFactory,
     config_dict,
@@ -52,6 +53,7 @@ from tests.support import (
     write_config,
 )
 from tests.support.markdown import Document, parse
+from tests.support.prometheus import PrometheusServer
 
 HOUR = 3600.0
 PIPE_REASON = "kick-off | agreed in #ops"
@@ -264,6 +266,7 @@ async def shadow_compared(proxy: ProxyProcess, count: int, within: float = 15.0)
             await asyncio.sleep(0.05)
 
 
+@pytest.mark.e2e
 async def test_report_over_a_scripted_history_and_a_running_proxy(
     upstream: UpstreamFactory,
     serve_proxy: Callable[..., ProxyProcess],
@@ -454,6 +457,7 @@ def failing_signal() -> web.Application:
     return app
 
 
+@pytest.mark.e2e
 async def test_a_failing_signal_shows_fallbacks_a_tripped_guard_and_a_failed_smoke_test(
     upstream: UpstreamFactory,
     serve_proxy: Callable[..., ProxyProcess],
@@ -497,6 +501,71 @@ async def test_a_failing_signal_shows_fallbacks_a_tripped_guard_and_a_failed_smo
     step = doc.sections["Next step"].text
     assert "Promote to 30 % (rollout promote) waits for:" in step
     assert "the guard is tripped" in step
+
+
+@pytest.mark.e2e
+async def test_from_prometheus_over_two_replicas(
+    upstream: UpstreamFactory,
+    serve_proxy: Callable[..., ProxyProcess],
+    rollout: Callable[..., Run],
+    tmp_path: Path,
+) -> None:
+    """`--prometheus`: the current stage over `--window`, fallbacks and the guard's state
+    changes over `--since`, summed over both replicas; the history beside the configs."""
+    signal, legacy = await upstream(failing_signal()), await upstream(legacy_app())
+    data = config_dict(
+        server_url(signal),
+        server_url(legacy),
+        rollout={"percentage": 10, "test_sessions": ["qa-tester-1"]},
+        guard={"min_requests": 10},
+    )
+    second = {**data, "listen": {"host": HOST, "port": free_port()}}
+    second["admin"] = {"host": HOST, "port": free_port()}
+    tripping, quiet = serve_proxy(data), serve_proxy(second)
+    history = scripted_history(time.time())
+    write_history(tripping.config_path, history)
+    targets = [f"{HOST}:{p.admin_port}" for p in (tripping, quiet)]
+    (tmp_path / "prom").mkdir()
+    prom = PrometheusServer(tmp_path / "prom", targets)
+    await asyncio.to_thread(prom.start)
+    try:
+        await asyncio.to_thread(prom.wait_for_scrapes, 1)  # both guards armed: 0
+        assert await drive(tripping, "qa-tester-1", 12) == {"legacy"}
+        await asyncio.to_thread(prom.wait_for_scrapes, 2, after=time.time())
+        run = await asyncio.to_thread(
+            rollout,
+            "report",
+            "--markdown",
+            "--prometheus",
+            prom.url,
+            "--window",
+            "5m",
+            "--since",
+            "1h",
+            "--no-smoke",
+            "-c",
+            str(quiet.config_path),
+        )
+    finally:
+        await asyncio.to_thread(prom.stop)
+    assert run.code == 1, run.out + run.err  # signal's figures breach the guard
+    doc = parse(run.out)
+    summary = doc.sections["Summary"].text
+    assert f"Live figures: Prometheus {prom.url}, all replicas, last 5m" in summary
+    assert "Guard: TRIPPED on 1 replica(s)" in summary
+    [live_row] = doc.sections["Figures per stage"].table.rows[-1:]
+    assert live_row[0] == "10 % (now)"
+    assert live_row[3:5] == ["12", "100.00 %"]  # signal attempts: 0 served + 12 fallbacks
+    assert live_row[8] == "roll back"
+    guard = doc.sections["Guard trips"].text
+    assert "Now: TRIPPED on 1 replica(s)." in guard
+    assert "Over the last 1h the guard changed state 1 time(s) across replicas" in guard
+    fallbacks = doc.sections["Fallbacks"].text
+    assert fallbacks.startswith("12 requests fell back to legacy over the last 1h, all replicas.")
+    # The history (beside both configs) over the last hour: from the gate on.
+    changes = doc.sections["Changes"].table
+    assert changes.column("Time") == [when(e) for e in history[-4:]]
+    assert "rollout_guard_tripped is 1 on 1 replica(s)" in doc.sections["Next step"].text
 
 
 # --- without a proxy --------------------------------------------------------------------
