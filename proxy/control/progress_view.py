@@ -190,6 +190,14 @@ def _pilot(config_path: Path, config: Config, now: float) -> PilotNow:
         )
         return PilotNow(enabled, action, running)
     pause = saved["operator"]["pause"]
+    if pause is not None and state.pause is None:
+        # Asked for since the controller's last save: it stops at its next analysis.
+        why = f" ({pause['reason']})" if pause["reason"] else ""
+        action = (
+            f"stop at its next analysis: paused by {pause['user']} at {pause['time']}{why}; "
+            "waits for `rollout resume`"
+        )
+        return PilotNow(enabled, action, running)
     operator = Operator(
         approvals=saved["operator"]["approvals"],
         resumes=saved["operator"]["resumes"],

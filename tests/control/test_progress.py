@@ -447,6 +447,19 @@ async def test_report_over_a_scripted_history_and_a_running_proxy(
     assert again.sections["Smoke test"].text == "Not run: --no-smoke."
     assert again.sections["Changes"].table.rows == changes.rows
 
+    # A person's pause the controller has not seen yet: the next step says it stops.
+    run = await asyncio.to_thread(
+        rollout, "pause", "--reason", "load test | tonight", "-c", str(path)
+    )
+    assert run.code == 0, run.out + run.err
+    run = await asyncio.to_thread(rollout, "report", "--markdown", "--no-smoke", "-c", str(path))
+    paused = parse(run.out)
+    last = paused.sections["Changes"].table.rows[-1]
+    assert last[2:] == ["rollout pause", "autopilot.paused false -> true", "load test | tonight"]
+    step = paused.sections["Next step"].text
+    assert "Autopilot: stop at its next analysis: paused by " in step
+    assert "(load test | tonight); waits for rollout resume." in step
+
 
 def failing_signal() -> web.Application:
     async def fail(request: web.Request) -> web.Response:
