@@ -35,8 +35,8 @@ from proxy.control.progress_inputs import (
     Line,
     PilotNow,
     ReportInputs,
-    by_text,
     guard_text,
+    mover_text,
     percent_text,
     stage_text,
     time_text,
@@ -96,7 +96,7 @@ def _summary(inputs: ReportInputs, timeline: list[Line]) -> list[str]:
     moves = [e for e in timeline if e.moved]
     if moves and moves[-1].after == r.percentage:
         last = moves[-1]
-        lines.append(f"- **Reached:** {time_text(last.at)} by {by_text(last)}")
+        lines.append(f"- **Reached:** {time_text(last.at)} by {mover_text(last)}")
     elif moves:
         # The file says otherwise than the history's last move: edited by hand since.
         last = moves[-1]

@@ -12,6 +12,7 @@ from proxy.control.progress_inputs import (
     by_text,
     change_text,
     guard_text,
+    mover_text,
     percent_text,
     stage_text,
     time_text,
@@ -37,7 +38,7 @@ def stages_reached(inputs: ReportInputs, timeline: list[Line], in_range: list[Li
                 describe_stage(config.rollout.stages, last.after),
                 percent_text(last.after),
                 f"{time_text(last.at)} (before this range)",
-                by_text(last),
+                mover_text(last),
             ]
         )
     elif moves and moves[0].before is not None:
@@ -57,7 +58,7 @@ def stages_reached(inputs: ReportInputs, timeline: list[Line], in_range: list[Li
                 describe_stage(config.rollout.stages, event.after),
                 percent_text(event.after),
                 time_text(event.at),
-                by_text(event),
+                mover_text(event),
             ]
         )
     if not moves:
@@ -97,9 +98,7 @@ def decisions(inputs: ReportInputs, in_range: list[Line]) -> list[str]:
     rows = []
     for event in decisions:
         figures = event.entry.get("figures")
-        if event.moved:
-            assert event.before is not None
-            assert event.after is not None
+        if event.before is not None and event.after is not None:
             where = f"{percent_text(event.before)} -> {percent_text(event.after)}"
         else:
             where = "-" if event.in_force is None else percent_text(event.in_force)

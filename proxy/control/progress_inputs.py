@@ -116,6 +116,7 @@ class Line:
     before: float | None  # rollout.percentage before and after, when this line moved it
     after: float | None
     in_force: float | None  # the percentage when the line was written (before its move)
+    previous: float | None  # the percentage the lines before this one had left
 
     @property
     def autopilot(self) -> bool:
@@ -123,7 +124,11 @@ class Line:
 
     @property
     def moved(self) -> bool:
-        return self.after is not None and self.after != self.before
+        """A new percentage. The autopilot's `human_change` after a person's `rollout set`
+        records the same move again: not a second one."""
+        if self.after is None:
+            return False
+        return self.after != (self.previous if self.previous is not None else self.before)
 
 
 def timeline(entries: Sequence[HistoryEntry]) -> list[Line]:
@@ -136,7 +141,7 @@ def timeline(entries: Sequence[HistoryEntry]) -> list[Line]:
         before = _percentage(entry.get("before"))
         after = _percentage(entry.get("after"))
         in_force = before if before is not None else current
-        events.append(Line(entry, at, before, after, in_force))
+        events.append(Line(entry, at, before, after, in_force, current))
         if after is not None:
             current = after
     return events
@@ -199,6 +204,15 @@ def what_text(event: Line) -> str:
 
 def by_text(event: Line) -> str:
     return f"{who_text(event)} ({what_text(event)})"
+
+
+def mover_text(event: Line) -> str:
+    """Who moved the percentage. A `human_change` line is the autopilot noticing an edit
+    made outside the CLI (the CLI's own line would have made the move already)."""
+    if event.autopilot and event.entry.get("event") == "human_change":
+        seen = md.text("human_change")
+        return f"a person, editing the file outside the CLI (seen by the autopilot: {seen})"
+    return by_text(event)
 
 
 def change_text(before: Any, after: Any) -> str:

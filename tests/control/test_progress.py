@@ -801,3 +801,42 @@ def test_smoke_failures_and_escaping_stay_in_their_cells(tmp_path: Path) -> None
     [change] = doc.sections["Changes"].table.rows
     assert change[-1] == "a | b || c second line `code` *x* _y_ [l](u)"
     assert change[2] == "rollout set 30"
+
+
+def test_a_human_change_is_a_move_only_when_no_cli_line_made_it(tmp_path: Path) -> None:
+    """The autopilot records a person's change as `human_change`: after `rollout set` it
+    repeats the CLI's move (one stage row); an edit by hand is a move of its own."""
+    now = 1_800_000_000.0
+    pct, emergency = "rollout.percentage", "rollout.emergency"
+    noticed = {pct: 30, emergency: False}, {pct: 10, emergency: False}
+
+    def human_change(at: float, before: dict[str, Any], after: dict[str, Any]) -> Any:
+        entry = pilot(at, "human_change", None, None, "a person changed it", None)
+        entry["before"], entry["after"] = before, after
+        return entry
+
+    by_cli = [
+        pilot(now - 600, "promote", 10, 30, "baked", PASSING),
+        person(now - 300, "ana", "rollout set 10", {pct: 30}, {pct: 10}, "back off"),
+        human_change(now - 290, *noticed),
+    ]
+    by_hand = [by_cli[0], human_change(now - 290, *noticed)]
+    for history, by in (
+        (by_cli, "ana@ops1 (rollout set 10)"),
+        (
+            by_hand,
+            "a person, editing the file outside the CLI (seen by the autopilot: human_change)",
+        ),
+    ):
+        report = inputs(tmp_path, None, entries=history, now=now, start=now - 3600)
+        doc = parse(build_report(report))
+        stages = doc.sections["Stages reached"].table
+        assert stages.column("Percentage") == ["10 %", "30 %", "10 %"]
+        assert stages.rows[-1][-1] == by
+        decisions = doc.sections["Autopilot decisions"].table
+        assert decisions.column("Decision")[-1] == "human_change"
+        assert decisions.rows[-1][2] == "30 % -> 10 %"
+        changes = doc.sections["Changes"].table
+        assert (
+            changes.rows[-1][3] == "rollout.percentage 30 -> 10, rollout.emergency false -> false"
+        )
