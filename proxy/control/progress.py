@@ -49,8 +49,6 @@ from proxy.rollout.stages import (
     promotion_blockers,
 )
 
-# --- the report -------------------------------------------------------------------------
-
 
 def build_report(inputs: ReportInputs) -> str:
     """The whole report as GitHub-flavoured Markdown."""
@@ -85,7 +83,7 @@ def _title(inputs: ReportInputs) -> list[str]:
     return lines
 
 
-def _summary(inputs: ReportInputs, timeline: list[Line]) -> list[str]:
+def _summary(inputs: ReportInputs, history: list[Line]) -> list[str]:
     config, live = inputs.config, inputs.live
     r = config.rollout
     lines = ["## Summary", "", f"- **Stage:** {stage_text(config, r.percentage)} to signal"]
@@ -93,7 +91,7 @@ def _summary(inputs: ReportInputs, timeline: list[Line]) -> list[str]:
     if own:
         features = ", ".join(f"{md.text(f.name)} {percent_text(f.percentage or 0.0)}" for f in own)
         lines.append(f"- **Features with their own percentage:** {features}")
-    moves = [e for e in timeline if e.moved]
+    moves = [e for e in history if e.moved]
     if moves and moves[-1].after == r.percentage:
         last = moves[-1]
         lines.append(f"- **Reached:** {time_text(last.at)} by {mover_text(last)}")

@@ -37,9 +37,14 @@ def figures_per_stage(inputs: ReportInputs, in_range: list[Line]) -> list[str]:
         "## Figures per stage",
         "",
         f"Promotion criteria: signal error rate < {rate_text(p.max_error_rate)} and p95 < "
-        f"{p.max_p95_ms:g} ms over at least {p.min_requests} signal requests in the window "
-        f"(an autopilot analysis needs {ap.min_requests} attempts per {ap.interval:g} s "
-        f"interval). Guard triggers: error rate > {rate_text(g.max_error_rate)} or p95 > "
+        f"{p.max_p95_ms:g} ms over at least {p.min_requests} signal requests in the window"
+        + (
+            f" (an autopilot analysis needs {ap.min_requests} attempts per {ap.interval:g} s "
+            "interval)"
+            if ap.enabled
+            else ""
+        )
+        + f". Guard triggers: error rate > {rate_text(g.max_error_rate)} or p95 > "
         f"{g.max_p95_ms:g} ms once {g.min_requests} requests are in the "
         f"{g.window_seconds} s window. The autopilot's rows are judged on the thresholds it "
         "analysed with; a person's changes and the live window on the config's.",
@@ -79,14 +84,15 @@ def figures_per_stage(inputs: ReportInputs, in_range: list[Line]) -> list[str]:
     return lines
 
 
-def _stage_of(inputs: ReportInputs, event: Line) -> str:
+def _stage_of(event: Line) -> str:
     pct = event.in_force
     return "unknown" if pct is None else percent_text(pct)
 
 
 def _analysis_row(inputs: ReportInputs, event: Line, doc: dict[str, Any]) -> list[str]:
     """A decision's analysis: its own checks, each beside the threshold it was judged on."""
-    signal = doc.get("signal") if isinstance(doc.get("signal"), dict) else None
+    signal = doc.get("signal") if isinstance(doc.get("signal"), dict) else {}
+    attempts, rate, p95 = (_number(signal, k) for k in ("attempts", "error_rate", "p95_ms"))
     seconds = doc.get("seconds")
     over = f" over {seconds:.0f} s" if isinstance(seconds, int | float) else ""
     checks = [c for c in doc.get("checks") or [] if isinstance(c, dict)]
@@ -105,16 +111,25 @@ def _analysis_row(inputs: ReportInputs, event: Line, doc: dict[str, Any]) -> lis
         breached = [c for c in fails if c.get("ok") is False]
         guard = f"{FAIL} " + "; ".join(map(_describe, breached)) if breached else f"{PASS} clear"
     return [
-        _stage_of(inputs, event),
+        _stage_of(event),
         time_text(event.at),
         f"autopilot {md.text(event.entry.get('event') or '')} analysis{over}",
-        str(signal["attempts"]) if signal else "n/a",
-        rate_text(float(signal["error_rate"])) if signal else "n/a",
-        ms_text(signal.get("p95_ms")) if signal else "n/a",
+        "n/a" if attempts is None else f"{attempts:g}",
+        "n/a" if rate is None else rate_text(rate),
+        ms_text(p95),
         promotion,
         guard,
         md.text(doc.get("outcome", "?")),
     ]
+
+
+def _number(doc: Any, key: str) -> float | None:
+    """A figure from a recorded document; None when absent or not a number (an older or
+    damaged line must not stop the report)."""
+    value = doc.get(key) if isinstance(doc, dict) else None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def _describe(doc: dict[str, Any]) -> str:
@@ -149,7 +164,7 @@ def _live_row(inputs: ReportInputs, event: Line, live: dict[str, Any]) -> list[s
         return None
     verdict = judge(figures, inputs.config.promotion, inputs.config.guard)
     return [
-        _stage_of(inputs, event),
+        _stage_of(event),
         time_text(event.at),
         f"{what_text(event)}: live window at the change",
         *_judged_cells(figures, verdict, tripped=bool(live.get("guard_tripped")), reason=None),

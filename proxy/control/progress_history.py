@@ -19,9 +19,7 @@ from proxy.control.progress_inputs import (
     what_text,
     who_text,
 )
-from proxy.rollout.stages import (
-    describe_stage,
-)
+from proxy.rollout.stages import describe_stage
 
 
 def stages_reached(inputs: ReportInputs, timeline: list[Line], in_range: list[Line]) -> list[str]:

@@ -17,21 +17,14 @@ from proxy.control import markdown as md
 from proxy.control.figures import Shadow, SideFigures
 from proxy.control.smoke import Check as SmokeCheck
 from proxy.records.history import HistoryEntry
-from proxy.rollout.stages import (
-    describe_stage,
-)
+from proxy.rollout.stages import describe_stage
 
 DEFAULT_SINCE = "24h"
-
-
 _DURATION = re.compile(r"(\d+)([smhdw])")
-
-
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
-
 NO_LIVE = "no live figures (the summary says why)"
-PASS, FAIL, NOT_JUDGED = "✅", "❌", "⚪"
+PASS, FAIL, NOT_JUDGED = "✅", "❌", "⚪"  # beside a criterion: met, breached, not judged
 
 
 def parse_duration(value: str) -> int:
@@ -66,7 +59,7 @@ class Live:
 
     source: str  # "admin http://127.0.0.1:9180, this replica, last 60 s"
     figures: Mapping[str, SideFigures]  # "signal", "legacy": the current stage's window
-    served: float | None  # the percentage routing applies (admin only)
+    served: float | None  # the percentage the proxy has loaded (admin only)
     guard: GuardNow
     fallbacks: int
     fallback_reasons: Mapping[str, int]  # reason -> count; empty when not broken down

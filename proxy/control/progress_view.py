@@ -103,7 +103,9 @@ def _from_admin(url: str, token: str | None) -> Live:
     return Live(
         source=f"admin {url}, this replica, last {guard['window_seconds']} s",
         figures=figures,
-        served=status["effective_percentages"].get("default"),
+        # What the proxy has loaded, as `rollout promote` compares (effective is 0 while
+        # the guard holds, which is a blocker of its own).
+        served=status["percentages"].get("default"),
         guard=GuardNow(
             enabled=guard["enabled"],
             tripped=guard["tripped"],

@@ -840,3 +840,18 @@ def test_a_human_change_is_a_move_only_when_no_cli_line_made_it(tmp_path: Path) 
         assert (
             changes.rows[-1][3] == "rollout.percentage 30 -> 10, rollout.emergency false -> false"
         )
+
+
+def test_damaged_figures_in_a_history_line_do_not_stop_the_report(tmp_path: Path) -> None:
+    now = 1_800_000_000.0
+    damaged = pilot(now - 60, "promote", 10, 30, "baked", {"outcome": "pass", "signal": "?"})
+    pct = "rollout.percentage"
+    unreadable = {"upstreams": {"signal": {"requests": "x"}}}
+    odd_live = person(now - 30, "ana", "rollout set 50", {pct: 30}, {pct: 50}, None, unreadable)
+    report = inputs(tmp_path, None, entries=[damaged, odd_live], now=now, start=now - 3600)
+    doc = parse(build_report(report))
+    [row] = doc.sections["Figures per stage"].table.rows  # the person's unreadable window: none
+    assert row[3:6] == ["n/a", "n/a", "n/a"]
+    assert row[6:] == ["⚪ not judged", "⚪ not judged", "pass"]
+    assert doc.sections["Autopilot decisions"].table.rows[0][3] == "pass:"  # `rollout history`'s
+    assert len(doc.sections["Changes"].table.rows) == 2
