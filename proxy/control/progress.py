@@ -79,7 +79,10 @@ def _title(inputs: ReportInputs) -> list[str]:
     ]
     if inputs.skipped_lines:
         numbers = ", ".join(str(n) for n in inputs.skipped_lines)
-        lines += ["", f"History lines {numbers} are not entries and are left out."]
+        if len(inputs.skipped_lines) == 1:
+            lines += ["", f"History line {numbers} is not an entry and is left out."]
+        else:
+            lines += ["", f"History lines {numbers} are not entries and are left out."]
     return lines
 
 

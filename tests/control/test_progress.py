@@ -598,10 +598,13 @@ def test_without_a_proxy_the_history_still_makes_the_report(
     path = offline_config(tmp_path)
     history = scripted_history(time.time())
     write_history(path, history)
+    with (path.parent / HISTORY_FILE).open("a", encoding="utf-8") as file:
+        file.write('{"time": "2026-12-0\n')  # a line cut short by a full disk
 
     run = rollout("report", "--markdown", "-c", str(path))
     assert run.code == 0, run.out + run.err
     doc = parse(run.out)
+    assert f"History line {len(history) + 1} is not an entry and is left out." in run.out
     assert "Live figures: unavailable: " in doc.sections["Summary"].text
     assert "Connection refused" in doc.sections["Summary"].text
     assert len(doc.sections["Changes"].table.rows) == len(history) - 1
