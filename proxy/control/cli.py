@@ -16,6 +16,7 @@ from proxy import __version__
 from proxy.config.load import load_config, resolve_config_path
 from proxy.control import history_view, moves, pilot_commands, views
 from proxy.control.console import EXIT_FAILED, EXIT_USAGE
+from proxy.control.progress_inputs import parse_duration
 from proxy.errors import ConfigError
 from proxy.telemetry.logs import setup_logging
 
@@ -325,6 +326,21 @@ def _add_ops_commands(
     p.add_argument("--prometheus", metavar="URL", help="figures from Prometheus, all replicas")
     p.add_argument("--window", default="5m", help="range for --prometheus (default 5m)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--markdown",
+        action="store_true",
+        help="the progress report as GitHub-flavoured Markdown: stages, changes, figures "
+        "per stage, guard trips, fallbacks, autopilot, shadow, smoke test, next step",
+    )
+    p.add_argument(
+        "--since",
+        type=_duration,
+        metavar="DURATION",
+        help="with --markdown: the history range, e.g. 30m, 24h, 7d (default 24h)",
+    )
+    p.add_argument(
+        "--no-smoke", action="store_true", help="with --markdown: do not run the smoke test"
+    )
 
     p = add(
         "diff",
@@ -378,6 +394,14 @@ def _rollback(args: argparse.Namespace) -> int:
         print(f"rollout rollback: {', '.join(given)} only with --gradual", file=sys.stderr)
         return EXIT_USAGE
     return moves.cmd_rollback(args)
+
+
+def _duration(text: str) -> str:
+    try:
+        parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
 
 
 def _setup_logging(args: argparse.Namespace) -> None:

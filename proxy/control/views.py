@@ -31,6 +31,7 @@ from proxy.control.figures import (
     shadow_from_prometheus,
 )
 from proxy.control.preview_view import cmd_check_preview
+from proxy.control.progress_view import cmd_report_markdown
 from proxy.control.smoke import Check, PeerCertificate, peer_certificates, proxy_url, run_smoke
 from proxy.rollout.routing import choose_upstream, threshold
 from proxy.rollout.stages import (
@@ -315,8 +316,16 @@ def _print_peer_certificates(con: Console, peers: list[PeerCertificate], now: fl
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    config = load_config(args.config_path)
     con = Console()
+    if args.markdown:
+        if args.json:
+            con.error("--markdown and --json are two formats of a different report: pick one")
+            return EXIT_USAGE
+        return cmd_report_markdown(args)
+    if args.since is not None or args.no_smoke:
+        con.error("--since and --no-smoke belong to the progress report: add --markdown")
+        return EXIT_USAGE
+    config = load_config(args.config_path)
     try:
         if args.prometheus:
             figures = from_prometheus(args.prometheus, args.window)
