@@ -25,6 +25,7 @@ LAYERS = (
     "proxy.gateway",
     "proxy.status",
     "proxy.admin",
+    "proxy.page",
     "proxy.app",
     "proxy.workers",
     "proxy.demo",
