@@ -15,12 +15,13 @@ from aiohttp.test_utils import TestClient
 from proxy.admin import create_admin_app
 from proxy.app import build_runtime
 from proxy.config.load import load_config
-from proxy.page import ASSETS, add_status_page, page_document
+from proxy.page import ASSETS, add_status_page, page_document, shadow_page
 from proxy.records.history import record
 from proxy.records.pilot_document import state_document
 from proxy.records.pilot_state import state_path, write_controller
+from proxy.rollout.counters import Counters
 from proxy.rollout.pilot import PilotState
-from proxy.rollout.ring import Ring
+from proxy.rollout.ring import Reading, Ring
 from tests.support import config_dict, write_config
 
 Client = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
@@ -131,3 +132,19 @@ def test_the_last_twenty_history_entries_and_unreadable_lines(tmp_path: Path) ->
     history = document(path)["history"]
     assert [e["after"] for e in history["entries"]] == list(range(5, 25))
     assert history["message"] == "1 unreadable line(s) in rollout-history.jsonl (line 26 first)"
+
+
+def test_the_shadow_match_rate_is_over_every_feature() -> None:
+    counters = Counters({}, {}, {}, {}, guard_tripped=False, read_at=1.0)
+    shadow = {
+        ("default", "match"): 6.0,
+        ("default", "mismatch"): 1.0,
+        ("beta", "match"): 2.0,
+        ("beta", "mismatch"): 1.0,
+        ("beta", "error"): 5.0,  # not a comparison
+    }
+    page = shadow_page(True, Reading(counters, {}, shadow))
+    assert page["match_rate"] == 0.8
+    assert page["compared"] == 10
+    assert page["counts"]["beta"] == {"match": 2, "mismatch": 1, "error": 5}
+    assert shadow_page(False, None)["match_rate"] is None

@@ -20,7 +20,8 @@
       if (v === null || v === undefined) { pen = false; continue; }
       const x = W - ((now - at[i]) / span) * W;
       const y = H - (v / top) * (H - 4);
-      d += (pen ? "L" : "M") + x.toFixed(1) + " " + y.toFixed(1);
+      // a zero-length "l0 0" after each move: with round caps a lone second shows as a dot
+      d += (pen ? "L" : "M") + x.toFixed(1) + " " + y.toFixed(1) + (pen ? "" : "l0 0");
       pen = true;
     }
     return d;
@@ -60,6 +61,7 @@
       p.setAttribute("fill", "none");
       p.setAttribute("stroke", line.color);
       p.setAttribute("stroke-width", "1.5");
+      p.setAttribute("stroke-linecap", "round");
       p.setAttribute("vector-effect", "non-scaling-stroke");
       svg.append(p);
     }
