@@ -88,6 +88,8 @@ async def page(request: web.Request) -> web.Response:
 
 
 def page_document(runtime: Runtime, ring: Ring, now: float) -> PageDocument:
+    """Everything the page shows. The two files beside the config are read per request
+    (a page polls once a second; `rollout-history.jsonl` grows by a line per change)."""
     config = runtime.store.config
     path = runtime.store.path
     r, g = config.rollout, config.guard
