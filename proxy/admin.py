@@ -27,6 +27,9 @@ from proxy.status import DiffsDocument, ShadowDiff, StatusDocument
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# The status page (`proxy.page`) and its assets hold no data: no token for them (SPEC 8).
+ASSETS_PREFIX = "/-/assets/"
+
 
 def create_admin_app(runtime: Runtime) -> web.Application:
     app = web.Application(middlewares=[_require_token])
@@ -45,7 +48,7 @@ def create_admin_app(runtime: Runtime) -> web.Application:
 @web.middleware
 async def _require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[RUNTIME].store.config.admin.token
-    if token is not None:
+    if token is not None and not _holds_no_data(request):
         sent = request.headers.get("Authorization", "")
         expected = f"Bearer {token}"
         if not hmac.compare_digest(sent.encode(), expected.encode()):
@@ -55,6 +58,12 @@ async def _require_token(request: web.Request, handler: Handler) -> web.StreamRe
                 headers={"WWW-Authenticate": 'Bearer realm="rollout-admin"'},
             )
     return await handler(request)
+
+
+def _holds_no_data(request: web.Request) -> bool:
+    return request.method in ("GET", "HEAD") and (
+        request.path == "/" or request.path.startswith(ASSETS_PREFIX)
+    )
 
 
 def _json(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

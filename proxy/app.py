@@ -30,6 +30,9 @@ from proxy.gateway.state import ConfigStore, Runtime
 from proxy.gateway.upgrade import switching
 from proxy.http.server import HttpServer
 from proxy.http.tunnel import CLOSE_GRACE
+from proxy.page import add_status_page
+from proxy.rollout.ring import Ring
+from proxy.telemetry.sampler import sample_forever
 
 log = logging.getLogger("rollout")
 
@@ -42,15 +45,23 @@ KEEPALIVE_SECONDS = 75.0
 
 @contextlib.asynccontextmanager
 async def running(
-    runtime: Runtime, *, poll_interval: float, certificates: ListenCertificates | None = None
+    runtime: Runtime,
+    *,
+    poll_interval: float,
+    certificates: ListenCertificates | None = None,
+    ring: Ring | None = None,
 ) -> AsyncIterator[None]:
-    """The process's background work: the config watcher; at the end, shadow mirrors
-    still running are cancelled and the pools closed.
+    """The process's background work: the config watcher, the status page's sampler
+    (`ring`, where the admin listener runs); at the end, shadow mirrors still running are
+    cancelled and the pools closed.
 
     `poll_interval` 0 turns the watcher off (reload then only on SIGHUP or
     `POST /-/reload`).
     """
     tasks = []
+    if ring is not None:
+        sampling = sample_forever(ring, runtime.metrics.exposition)
+        tasks.append(asyncio.create_task(sampling, name="status-page-sampler"))
     if poll_interval > 0:
         tasks.append(asyncio.create_task(watch(runtime, poll_interval), name="config-watch"))
         if certificates is not None:
@@ -102,7 +113,10 @@ async def serve(
         runtime.upgrades,
     )
     public = HttpServer(make_handler(runtime, relay), keepalive=KEEPALIVE_SECONDS)
-    admin_runner = web.AppRunner(create_admin_app(runtime), access_log=None)
+    admin_app = create_admin_app(runtime)
+    ring = Ring()  # filled only where the admin listener runs (worker 0 of --workers N)
+    add_status_page(admin_app, ring)
+    admin_runner = web.AppRunner(admin_app, access_log=None)
     await admin_runner.setup()
     try:
         if not worker_index:
@@ -124,7 +138,10 @@ async def serve(
         )
         runtime.after_reload.append(certificates.check)
 
-    async with running(runtime, poll_interval=poll_interval, certificates=certificates):
+    sampled = None if worker_index else ring
+    async with running(
+        runtime, poll_interval=poll_interval, certificates=certificates, ring=sampled
+    ):
         return await _serve_until_stopped(
             runtime, config, path, grace, on_ready, public, admin_runner
         )

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from typing import TypedDict
 
+from proxy.records.history import HistoryEntry
+from proxy.records.pilot_document import AnalysisEntry, StateDocument
 from proxy.rollout.compare import FieldDifference
 from proxy.rollout.preview import MoveFigures
+from proxy.rollout.ring import SeriesDocument
 from proxy.rollout.window import WindowFigures
 
 
@@ -132,4 +135,55 @@ class PreviewDocument(TypedDict):
     features: list[FeaturePreview]
 
 
-__all__ = ["FieldDifference", "MoveFigures", "WindowFigures"]  # re-exported: part of the documents
+class GuardThresholds(TypedDict):
+    enabled: bool
+    min_requests: int  # fewer requests in the window: the guard does not judge
+    max_error_rate: float
+    max_p95_ms: float
+    window_seconds: int
+
+
+class PlanStatus(TypedDict):
+    stages: list[float]
+    percentage: float  # the global one, which the stages apply to
+    current_stage: int | None  # index into stages; None between stages
+
+
+class AutopilotPage(TypedDict):
+    enabled: bool  # autopilot.enabled in the config
+    running: bool  # a controller holds the lock on this config
+    message: str | None  # why there is nothing to show (no state file, unreadable file)
+    state: StateDocument | None
+    paused_by: str | None  # the operator who paused it (`rollout pause`)
+    next_action: str | None
+    next_at: float | None  # wall clock of the next analysis
+    last_analysis: AnalysisEntry | None
+
+
+class HistoryPage(TypedDict):
+    entries: list[HistoryEntry]  # the last 20, oldest first
+    message: str | None  # unreadable file or lines
+
+
+class ShadowPage(TypedDict):
+    enabled: bool
+    match_rate: float | None  # over every feature, since the proxy started
+    compared: int  # match + mismatch behind that rate
+    counts: dict[str, dict[str, int]]  # feature -> result -> comparisons
+
+
+class PageDocument(TypedDict):
+    """`GET /-/page`: everything the status page shows (SPEC 14), all workers' series."""
+
+    status: StatusDocument
+    plan: PlanStatus
+    guard_thresholds: GuardThresholds
+    autopilot: AutopilotPage
+    history: HistoryPage
+    shadow: ShadowPage
+    series: SeriesDocument
+    generated_at: float
+
+
+# Re-exported: part of the documents.
+__all__ = ["FieldDifference", "HistoryEntry", "MoveFigures", "SeriesDocument", "WindowFigures"]

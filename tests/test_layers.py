@@ -26,6 +26,7 @@ LAYERS = (
     "proxy.status",
     "proxy.preview",
     "proxy.admin",
+    "proxy.page",
     "proxy.app",
     "proxy.workers",
     "proxy.demo",

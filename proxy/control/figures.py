@@ -12,10 +12,13 @@ from dataclasses import dataclass
 
 from proxy.control.client import fetch_metrics, fetch_status
 from proxy.control.prometheus import Row, query, value_of
+from proxy.rollout.compare import match_rate
 from proxy.rollout.stages import Figures
 from proxy.status import StatusDocument, WindowFigures
 
 SIDES = ("signal", "legacy")
+
+__all__ = ["match_rate"]  # moved down to proxy.rollout.compare: the status page uses it too
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +96,6 @@ def shadow_counts(text: str) -> dict[str, dict[str, int]]:
                 feature = out.setdefault(sample.labels["feature"], {})
                 feature[sample.labels["result"]] = int(sample.value)
     return out
-
-
-def match_rate(counts: dict[str, int]) -> float | None:
-    """Matches over compared (match + mismatch); errors and drops are not comparisons."""
-    compared = counts.get("match", 0) + counts.get("mismatch", 0)
-    return counts.get("match", 0) / compared if compared else None
 
 
 # --- Prometheus -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -155,3 +155,9 @@ def _show(value: Any) -> str:
 def _bytes(body: bytes) -> str:
     text = body[: MAX_SHOWN * 2].decode("utf-8", "replace")
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 1] + "…"
+
+
+def match_rate(counts: Mapping[str, float]) -> float | None:
+    """Shadow matches over comparisons (match + mismatch); errors and drops compare nothing."""
+    compared = counts.get("match", 0) + counts.get("mismatch", 0)
+    return counts.get("match", 0) / compared if compared else None

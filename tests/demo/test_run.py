@@ -49,6 +49,7 @@ def test_autopilot_banner_names_the_commands(break_signal: bool) -> None:
     assert f"rollout approve -c {path}" in text
     assert f"rollout autopilot status -c {path}" in text
     assert f"rollout history -c {path}" in text
+    assert f"http://127.0.0.1:{PORTS.admin}/  (live status page)" in text
     assert "0 -> 10 -> 30 -> 50 -> 80 %" in text
     assert "a traffic line every 10 s" in text
     assert ("starts failing 15 % of requests" in text) == break_signal

@@ -37,6 +37,7 @@ ENDPOINTS = [
     ("GET", "/-/healthz"),
     ("GET", "/-/ready"),
     ("GET", "/-/status"),
+    ("GET", "/-/page"),  # the status page's data (the page itself holds none: no token)
     ("POST", "/-/reload"),
     ("POST", "/-/guard/reset"),
     ("GET", "/-/preview"),

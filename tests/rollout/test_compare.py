@@ -15,6 +15,7 @@ from proxy.rollout.compare import (
     Ignore,
     compare,
     json_paths_that_differ,
+    match_rate,
     normalise,
 )
 
@@ -487,3 +488,16 @@ def test_learned_paths_work_as_ignore_patterns() -> None:
     legacy = answer({"items": [{"t": 9}] * 5, "trace_id": "c", "v": 1})
     signal = answer({"items": [{"t": 8}] * 5, "trace_id": "d", "v": 2})
     assert diffs(legacy, signal, *learned) == [("v", "1", "2")]
+
+
+@pytest.mark.parametrize(
+    ("counts", "rate"),
+    [
+        ({"match": 3, "mismatch": 1, "error": 9, "dropped": 9}, 0.75),
+        ({"match": 0, "mismatch": 2}, 0.0),
+        ({"error": 5}, None),  # nothing compared: no rate, not 0 %
+        ({}, None),
+    ],
+)
+def test_match_rate_is_matches_over_comparisons(counts: dict[str, int], rate: float | None) -> None:
+    assert match_rate(counts) == rate
