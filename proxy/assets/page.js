@@ -127,12 +127,16 @@
       ? `last analysis ${clock(a.time)} at ${a.percentage} %: ${a.analysis.outcome}, ${a.analysis.reason}` : "";
   }
 
-  function thresholdCell(value, limit, fmt, worse) {
+  // Promotion needs a figure strictly under its limit ("error rate < 1 %"); the guard
+  // trips only beyond its own ("> 5 %"), so exactly at it is still fine there.
+  function thresholdCell(value, limit, fmt, worse, strict) {
     if (limit === null || limit === undefined) return el("td", "muted", "–");
     const judged = value !== null && value !== undefined;
-    const fails = judged && (worse === "below" ? value < limit : value > limit);
+    const over = strict ? value >= limit : value > limit;
+    const fails = judged && (worse === "below" ? value < limit : over);
     const mark = !judged ? "" : fails ? " ✗" : " ✓";
-    return el("td", fails ? "bad" : judged ? "good" : "muted", `${worse === "below" ? "≥" : "≤"} ${fmt(limit)}${mark}`);
+    const rule = worse === "below" ? "≥" : strict ? "<" : "≤";
+    return el("td", fails ? "bad" : judged ? "good" : "muted", `${rule} ${fmt(limit)}${mark}`);
   }
 
   function figuresTable(name, w, doc) {
@@ -153,8 +157,8 @@
       const live = el("td", "", fmt(value));
       live.id = `live-${name}-${label.replace(" ", "-")}`;
       tr.append(el("td", "", label), live,
-        thresholdCell(value, promo, fmt === num ? (v) => String(v) : fmt, worse),
-        thresholdCell(value, guard, fmt === num ? (v) => String(v) : fmt, worse),
+        thresholdCell(value, promo, fmt === num ? (v) => String(v) : fmt, worse, true),
+        thresholdCell(value, guard, fmt === num ? (v) => String(v) : fmt, worse, false),
         el("td", "muted", String(w.requests)));
       table.append(tr);
     }
@@ -206,9 +210,17 @@
     }
   }
 
+  // {"rollout.percentage": 30} -> {"rollout.percentage": 50} reads "rollout.percentage 30 → 50".
   function change(entry) {
     const show = (v) => (v === null || v === undefined ? "–" : typeof v === "object" ? JSON.stringify(v) : String(v));
-    return `${show(entry.before)} → ${show(entry.after)}`;
+    const b = entry.before, a = entry.after;
+    if (b && a && typeof b === "object" && typeof a === "object") {
+      const keys = [...new Set([...Object.keys(b), ...Object.keys(a)])];
+      const parts = keys.filter((k) => show(b[k]) !== show(a[k]))
+        .map((k) => `${k} ${show(b[k])} → ${show(a[k])}`);
+      if (parts.length) return parts.join(", ");
+    }
+    return `${show(b)} → ${show(a)}`;
   }
 
   function renderHistory(history) {
