@@ -60,7 +60,7 @@
     });
     form.append(input, feature, el("button", { type: "submit" }, "Preview"));
     const out = el("div", { class: "preview-result", "aria-live": "polite" });
-    container.replaceChildren(el("h3", {}, "Who would move"), form, out);
+    container.replaceChildren(el("h2", {}, "Who would move"), form, out);
 
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
