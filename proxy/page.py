@@ -25,10 +25,10 @@ from proxy.config.values import Config
 from proxy.errors import RolloutError
 from proxy.gateway.state import RUNTIME, Runtime
 from proxy.records.history import read_entries
-from proxy.records.pilot_document import controller_document, pilot_state
+from proxy.records.pilot_document import controller_document, operator_of, pilot_state
 from proxy.records.pilot_state import lock_holder, read_state
 from proxy.rollout.compare import match_rate
-from proxy.rollout.pilot import Operator, next_action
+from proxy.rollout.pilot import next_action
 from proxy.rollout.ring import Reading, Ring
 from proxy.rollout.stages import stage_index
 from proxy.status import AutopilotPage, HistoryPage, PageDocument, ShadowPage
@@ -136,12 +136,7 @@ def autopilot_page(path: Path, config: Config, now: float) -> AutopilotPage:
             out["message"] = "autopilot not running on this config (no state file yet)"
             return out
         pause = saved["operator"]["pause"]
-        operator = Operator(
-            approvals=saved["operator"]["approvals"],
-            resumes=saved["operator"]["resumes"],
-            paused=pause is not None,
-            pause_reason=None if pause is None else pause["reason"],
-        )
+        operator = operator_of(saved["operator"])
         state = pilot_state(doc["state"])
         out["state"] = doc["state"]
         out["paused_by"] = None if pause is None else pause["user"]

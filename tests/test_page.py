@@ -49,7 +49,7 @@ async def test_with_a_token_the_page_and_assets_are_open_and_the_data_is_not(
     client = await admin(aiohttp_client, config_file(tmp_path, admin={"token": "t0k"}))
     page = await client.get("/")
     assert page.status == 200
-    assert '<section id="preview">' in await page.text()
+    assert '<section class="card" id="preview">' in await page.text()
     for name in ASSETS:
         assert (await client.get(f"/-/assets/{name}")).status == 200
     assert (await client.get("/-/page")).status == 401

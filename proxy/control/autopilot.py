@@ -43,6 +43,7 @@ from proxy.records.pilot_document import (
     ControllerDocument,
     PendingMove,
     controller_document,
+    operator_of,
     pilot_state,
     state_document,
 )
@@ -235,14 +236,7 @@ class Controller:
         except StateFileError as exc:
             Console().warning(f"{exc}: no decision until it is readable")
             return None
-        op = state["operator"]
-        pause = op["pause"]
-        operator = Operator(
-            approvals=op["approvals"],
-            resumes=op["resumes"],
-            paused=pause is not None,
-            pause_reason=None if pause is None else pause["reason"],
-        )
+        operator = operator_of(state["operator"])
         r = config.rollout
         decision = decide(
             self.state,

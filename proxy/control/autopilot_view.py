@@ -12,9 +12,14 @@ from typing import Any, TypedDict
 from proxy.config.load import load_config
 from proxy.control.autopilot import run_autopilot
 from proxy.control.console import EXIT_OK, EXIT_USAGE, Console
-from proxy.records.pilot_document import AnalysisEntry, controller_document, pilot_state
+from proxy.records.pilot_document import (
+    AnalysisEntry,
+    controller_document,
+    operator_of,
+    pilot_state,
+)
 from proxy.records.pilot_state import StateFileError, lock_holder, read_state
-from proxy.rollout.pilot import Operator, duration_text, next_action
+from proxy.rollout.pilot import duration_text, next_action
 from proxy.rollout.stages import describe_stage
 
 SHOWN_ANALYSES = 5
@@ -60,14 +65,7 @@ def _status(args: argparse.Namespace) -> int:
         con.error(str(exc))
         return EXIT_USAGE
     ap, r = config.autopilot, config.rollout
-    op = saved["operator"]
-    pause = op["pause"]
-    operator = Operator(
-        approvals=op["approvals"],
-        resumes=op["resumes"],
-        paused=pause is not None,
-        pause_reason=None if pause is None else pause["reason"],
-    )
+    operator = operator_of(saved["operator"])
     doc = controller_document(saved["controller"])
     now = time.time()
     view: StatusView = {

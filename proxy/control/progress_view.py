@@ -41,9 +41,9 @@ from proxy.control.progress_inputs import (
 from proxy.control.prometheus import query, shown, value_of
 from proxy.control.smoke import proxy_url, run_smoke
 from proxy.records.history import HistoryEntry, history_path, read_entries
-from proxy.records.pilot_document import controller_document, pilot_state
+from proxy.records.pilot_document import controller_document, operator_of, pilot_state
 from proxy.records.pilot_state import StateFileError, lock_holder, read_state
-from proxy.rollout.pilot import Operator, duration_text, next_action
+from proxy.rollout.pilot import duration_text, next_action
 from proxy.rollout.stages import Figures, Recommendation, judge
 
 
@@ -200,10 +200,5 @@ def _pilot(config_path: Path, config: Config, now: float) -> PilotNow:
             "waits for `rollout resume`"
         )
         return PilotNow(enabled, action, running)
-    operator = Operator(
-        approvals=saved["operator"]["approvals"],
-        resumes=saved["operator"]["resumes"],
-        paused=pause is not None,
-        pause_reason=None if pause is None else pause["reason"],
-    )
+    operator = operator_of(saved["operator"])
     return PilotNow(enabled, next_action(state, config.autopilot, r.stages, operator, now), running)

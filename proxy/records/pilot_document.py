@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict, cast
 
+from proxy.records.pilot_state import OperatorState
 from proxy.rollout.analysis import AnalysisDocument
-from proxy.rollout.pilot import PauseKind, PilotState, Walk
+from proxy.rollout.pilot import Operator, PauseKind, PilotState, Walk
 
 KEEP_ANALYSES = 20  # the last analyses kept for `autopilot status`
 
@@ -111,3 +112,14 @@ def controller_document(raw: dict[str, Any] | None) -> ControllerDocument | None
     if not raw or not isinstance(raw.get("state"), dict):
         return None
     return cast(ControllerDocument, raw)
+
+
+def operator_of(part: OperatorState) -> Operator:
+    """What people asked, from the state file's operator part, as the stage machine takes it."""
+    pause = part["pause"]
+    return Operator(
+        approvals=part["approvals"],
+        resumes=part["resumes"],
+        paused=pause is not None,
+        pause_reason=None if pause is None else pause["reason"],
+    )
