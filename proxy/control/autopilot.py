@@ -249,7 +249,7 @@ class Controller:
             now=now,
         )
         self.operator = operator
-        self._carry_out(decision, analysis, operator)
+        self._carry_out(decision, analysis)
         return analysis if analysis is not None else unreadable("no baseline yet")
 
     def _read(self) -> Counters | str:
@@ -274,7 +274,7 @@ class Controller:
         c = self.config
         return analyse(sample_between(before, counters), c.autopilot, c.promotion, c.guard)
 
-    def _carry_out(self, decision: Decision, analysis: Analysis | None, operator: Operator) -> None:
+    def _carry_out(self, decision: Decision, analysis: Analysis | None) -> None:
         before = self.state
         if analysis is not None and decision.counted is not None:
             self._print_analysis(analysis, decision.counted)
