@@ -5,33 +5,25 @@ route, body held for replay), then each upstream in turn is tried and observed t
 way; a pure rule (`fallback_reason`) says whether to try the next, one table
 (`proxy.errors.STATUS`) what a failure answers.
 
-Each request reads the configuration once, at its start, so a reload never changes a
-request half way; everything else it touches (pools, metrics, guard) is runtime state.
+Most requests never reach the loop as a coroutine: `proxy.gateway.fast` carries the
+common case by callbacks and hands over here, where it stands, whatever has to wait.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+from collections.abc import Awaitable
 
-from proxy.config.values import Config
-from proxy.errors import CLIENT_GONE, ClientGoneError, FailureReason, UpstreamError
+from proxy.errors import CLIENT_GONE, ClientGoneError, UpstreamError
+from proxy.gateway import fast
 from proxy.gateway.attempt import read_body, send
-from proxy.gateway.relay import Exchange, Relay, respond_error
+from proxy.gateway.flight import Flight, Outcome
+from proxy.gateway.relay import Exchange, Relay
 from proxy.gateway.state import Runtime
 from proxy.http.client import UpstreamResponse
 from proxy.http.request import Handler, Request
-from proxy.rollout.fallback import attempt_failure, fallback_reason
-from proxy.rollout.routing import Decision, Side, choose_upstream, find_session_id, mint_session_id
 
 _ALLOW = [("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")]
-
-# The upstreams a request may be tried on, in order: signal's requests may fall back.
-_ATTEMPTS = {Side.SIGNAL: (Side.SIGNAL, Side.LEGACY), Side.LEGACY: (Side.LEGACY,)}
-
-
-# What a request ended as, for metrics: who served it and with which status.
-Outcome = tuple[Side, int]
 
 
 def make_handler(runtime: Runtime, relay: Relay) -> Handler:
@@ -39,118 +31,89 @@ def make_handler(runtime: Runtime, relay: Relay) -> Handler:
     answer (the composition root may wrap it, as the shadow does).
 
     (The loop is bound here: `asyncio.get_running_loop()` costs a getpid() system call
-    on every call, twice per request.)
+    on every call.)
     """
-    return functools.partial(_handle, runtime=runtime, relay=relay, loop=asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+
+    def handle(request: Request) -> Awaitable[None] | None:
+        if request.method == "CONNECT":
+            # Never a tunnel: this is a gateway to two fixed upstreams, not a forward proxy.
+            request.keep_alive = False
+            request.respond_json(
+                405, {"error": "CONNECT is not supported", "upstream": None}, _ALLOW
+            )
+            return None
+        flight = Flight(request, runtime, loop)
+        try:
+            if fast.carry(flight, relay, carry):
+                return None
+        except BaseException:
+            flight.end(None)
+            raise
+        return carry(flight, relay)
+
+    return handle
 
 
-async def _handle(
-    request: Request, *, runtime: Runtime, relay: Relay, loop: asyncio.AbstractEventLoop
+async def carry(
+    flight: Flight, relay: Relay, first: int = 0, exchange: Exchange | None = None
 ) -> None:
-    if request.method == "CONNECT":
-        # Never a tunnel: this is a gateway to two fixed upstreams, not a forward proxy.
-        request.keep_alive = False
-        request.respond_json(405, {"error": "CONNECT is not supported", "upstream": None}, _ALLOW)
-        return
-    config = runtime.store.config
-    started = loop.time()
-
-    session = config.session
-    headers = request.headers
-    session_id = find_session_id(headers, headers.get("Cookie"), session)
-    minted = None
-    if session_id is None and session.set_cookie:
-        session_id = minted = mint_session_id()
-    path = request.target.partition("?")[0]
-    decision = choose_upstream(
-        config.rollout, session_id, path, guard_tripped=runtime.guard.trip is not None
-    )
-    metrics = runtime.metrics
-    metrics.routed(decision.side, decision.reason)
-    runtime.activity.count(decision, session_id, config.rollout, started)
-    runtime.request_started()
+    """The request from its attempt number `first` on (or, given an `exchange`, from the
+    relay of that answer) to its end."""
     outcome: Outcome | None = None
     try:
-        outcome = await _proxy(
-            request, runtime, relay, loop, config, decision, session_id, minted, started
-        )
+        if exchange is not None:
+            outcome = await _relay(flight, relay, exchange)
+        else:
+            outcome = await _proxy(flight, relay, first)
     finally:
-        runtime.request_finished()
-        if outcome is not None:
-            side, code = outcome
-            metrics.answered(side, decision.feature, request.method, code, loop.time() - started)
+        flight.end(outcome)
 
 
-async def _proxy(
-    request: Request,
-    runtime: Runtime,
-    relay: Relay,
-    loop: asyncio.AbstractEventLoop,
-    config: Config,
-    decision: Decision,
-    session_id: str | None,
-    minted: str | None,
-    started: float,
-) -> Outcome:
-    side = decision.side
+async def _proxy(flight: Flight, relay: Relay, first: int) -> Outcome:
+    request, config, runtime, loop = flight.request, flight.config, flight.runtime, flight.loop
+    attempts = flight.attempts()[first:]
+    side = attempts[0]
     if request.upgrade is not None:
         refused = runtime.upgrades.refusal(config.upgrade, request, side)
         if refused is not None:
             return side, refused
     try:
         body = await read_body(request, config.fallback.max_body_bytes, config.timeouts.idle)
-        extra = {config.session.header: minted} if minted else None
-        deadline = started + config.timeouts.total
-        upstreams = config.upstreams
-        fallback: FailureReason | None = None
         response: UpstreamResponse | None = None
         error: UpstreamError | None = None
-        for side in _ATTEMPTS[decision.side]:
-            upstream = upstreams.signal if side is Side.SIGNAL else upstreams.legacy
+        for side in attempts:
+            upstream = flight.upstream(side)
             sent = loop.time()
-            until = deadline
-            if side is Side.SIGNAL and body.buffered:
-                # `timeouts.signal` runs from "request sent"; a streamed upload may take
-                # long to send, so it gets the total budget (it cannot be replayed anyway).
-                until = min(sent + config.timeouts.signal, deadline)
             try:
                 response = await send(
                     runtime.pool(upstream),
                     request,
                     upstream,
                     body,
-                    extra,
+                    flight.extra,
                     connect_timeout=config.timeouts.connect,
-                    deadline=until,
+                    deadline=flight.until(side, sent, body.buffered),
                 )
                 error = None
             except UpstreamError as err:
                 response, error = None, err
-            status = None if response is None else response.status
-            reason = None if error is None else error.reason
-            runtime.observe(side, attempt_failure(reason, status), loop.time() - sent)
-            if side is not Side.SIGNAL:
+            if not flight.settle(side, response, error, sent, body.buffered):
                 break
-            fallback = fallback_reason(
-                reason, status, request.method, body_buffered=body.buffered, config=config.fallback
-            )
-            if fallback is None:
-                break
-            runtime.metrics.fallbacks.labels(feature=decision.feature, reason=fallback.value).inc()
-            if response is not None:
-                response.close()
         if response is None:
             assert error is not None
-            respond_error(request, error, fallback)
-            if request.upgrade is not None:
-                runtime.upgrades.counted(side, "error")
-            return side, error.status
-        exchange = Exchange(
-            request, config, decision, side, fallback, body, minted, response, session_id
-        )
-        return side, await relay(exchange, request)
+            return side, flight.refuse(side, error)
+        return await _relay(flight, relay, flight.exchange(side, body, response))
     except ClientGoneError:
         # The client left while sending its body or receiving the answer: not the
         # upstream's fault, not counted against it, and nobody to answer.
         request.abort()
         return side, CLIENT_GONE
+
+
+async def _relay(flight: Flight, relay: Relay, exchange: Exchange) -> Outcome:
+    try:
+        return exchange.side, await relay(exchange, flight.request)
+    except ClientGoneError:
+        flight.request.abort()
+        return exchange.side, CLIENT_GONE

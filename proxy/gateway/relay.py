@@ -79,28 +79,43 @@ class Exchange(NamedTuple):
 Relay = Callable[[Exchange, Sink], Awaitable[int]]
 
 
-async def relay_response(exchange: Exchange, sink: Sink) -> int:
-    """Send the upstream's answer; abort the connection on a mid-body failure."""
+def relay_complete(exchange: Exchange, sink: Sink) -> int | None:
+    """Send the upstream's answer in one write if its whole body is already here (the
+    common case of an API answer: no timer to arm, nothing to await); returns the status,
+    or None, having sent nothing, when the body has to be streamed."""
     response = exchange.response
-    status, reason = response.status, response.reason
     length = response.content_length
-    small = length is not None and length <= SMALL_BODY and exchange.request.method != "HEAD"
+    if length is None or length > SMALL_BODY or exchange.request.method == "HEAD":
+        return None
+    body = response.body_if_complete()
+    if body is None:
+        return None
+    response.release()
+    status, reason = response.status, response.reason
     added = added_headers(
         exchange.side, exchange.fallback, exchange.config.session.cookie, exchange.minted
     )
-    body = response.body_if_complete() if small else None
-    if body is not None:
-        # The common case of an API answer: the whole body came with the headers. One
-        # write for head and body, and no timer to arm.
-        response.release()
-        head = forwardable_head(response.head) if len(body) == length else None
-        if head is not None:
-            # The upstream's header block goes out as bytes, framed by its Content-Length.
-            lines = "".join(f"{name}: {value}\r\n" for name, value in added)
-            sink.respond_head(status, reason, head + lines.encode(), body)
-        else:
-            sink.respond(status, reason, client_response_headers(response.headers) + added, body)
-        return status
+    head = forwardable_head(response.head) if len(body) == length else None
+    if head is not None:
+        # The upstream's header block goes out as bytes, framed by its Content-Length.
+        lines = "".join(f"{name}: {value}\r\n" for name, value in added)
+        sink.respond_head(status, reason, head + lines.encode(), body)
+    else:
+        sink.respond(status, reason, client_response_headers(response.headers) + added, body)
+    return status
+
+
+async def relay_response(exchange: Exchange, sink: Sink) -> int:
+    """Send the upstream's answer; abort the connection on a mid-body failure."""
+    done = relay_complete(exchange, sink)
+    if done is not None:
+        return done
+    response = exchange.response
+    status, reason = response.status, response.reason
+    length = response.content_length
+    added = added_headers(
+        exchange.side, exchange.fallback, exchange.config.session.cookie, exchange.minted
+    )
     headers = client_response_headers(response.headers) + added
     # Once the head is out, only silence bounds the body (`timeouts.idle`), never its
     # length in time: an event stream or a long poll lasts as long as it keeps sending.

@@ -13,9 +13,15 @@ Semantics the proxy relies on:
 - a pooled connection that turns out dead before any response byte is retried once on
   a fresh connection for idempotent methods (RFC 9112 section 9.3.1), never otherwise;
 - failures surface as `UpstreamConnectError` / `UpstreamResetError`, and
-  `UpstreamTimeoutError` when the headers are not in by the caller's deadline (a timer
-  per wait rather than `asyncio.timeout`: half the cost on the hot path); the caller
+  `UpstreamTimeoutError` when the headers are not in by the caller's deadline; the caller
   bounds the reading of the body.
+- an exchange is awaited (`exchange`) or, for a request without a body, driven by a
+  callback (`send`, then `response()`): the gateway's fast path, with no task or future
+  per request (bench/RESULTS.md, issue 19).
+
+The deadline is one lazily re-armed timer per connection, not a timer per request: a
+new request only moves `_deadline`, and the timer, when it fires, either times the
+waiting request out or re-arms for the current deadline (as netty's idle handlers do).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import cast
 
@@ -48,6 +54,9 @@ MAX_HEADERS = 1000
 MAX_HEAD_BYTES = 64 * 1024
 READ_HIGH_WATER = 256 * 1024  # pause reading the upstream when this much is unconsumed
 MAX_IDLE_PER_POOL = 1024
+# A timer may fire up to a millisecond early (libuv's resolution): not early enough to
+# re-arm for.
+_TIMER_SLACK = 0.001
 
 log = logging.getLogger("rollout.upstream")
 
@@ -154,6 +163,10 @@ class Connection(WriteFlow, asyncio.Protocol):
         self.used = False
         self.reused = False  # has been in the pool: its handshake is long confirmed
         self.idle_since = 0.0
+        self._deadline = 0.0  # when the response head must be in
+        self._timer: asyncio.TimerHandle | None = None
+        # `send`'s callback: called once, when the head is in or the attempt failed.
+        self._listener: Callable[[], None] | None = None
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -209,6 +222,15 @@ class Connection(WriteFlow, asyncio.Protocol):
             if not isinstance(cause, UpstreamResetError):
                 cause = UpstreamResetError(self._pool.name, f"invalid response: {exc}")
             self._fail(cause)
+        if self._listener is not None and self._status:
+            # After the whole read is parsed, as an awaiting task would see it: a small
+            # body that came with its head is complete by now.
+            self._notify()
+
+    def _notify(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener()
 
     def eof_received(self) -> bool | None:
         if self._upgraded is not None:
@@ -218,6 +240,9 @@ class Connection(WriteFlow, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if isinstance(exc, ssl.SSLError) and not self._got_bytes and not self.reused:
             # TLS 1.3 sends the client certificate after the client considers the
             # handshake done: a server refusing it says so with an alert in place of the
@@ -304,10 +329,27 @@ class Connection(WriteFlow, asyncio.Protocol):
             self.transport.abort()
         for waiter in (self._head_waiter, self._body_waiter):
             _wake(waiter)
+        self._notify()
 
-    def _head_timeout(self) -> None:
-        if not self._status:
-            self._fail(UpstreamTimeoutError(self._pool.name, "no response in time"))
+    def _arm(self, deadline: float) -> None:
+        """The response head is due by `deadline`. The timer already set is kept unless it
+        would fire after it: most requests cost no timer call at all."""
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiting = self._head_waiter is not None or self._listener is not None
+        if not waiting or self._status or self._error is not None:
+            return  # the request it was set for was answered; none is waiting now
+        if self._deadline - self._loop.time() > _TIMER_SLACK:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            return
+        self._fail(UpstreamTimeoutError(self._pool.name, "no response in time"))
 
     async def exchange(
         self,
@@ -319,10 +361,7 @@ class Connection(WriteFlow, asyncio.Protocol):
         upgrade: bool = False,
     ) -> UpstreamResponse:
         assert self.transport is not None
-        self._reset_exchange()
-        self._upgrading = upgrade
-        self.used = True
-        self._head_only = method == "HEAD"
+        self._begin(method, upgrade)
         self._head_waiter = self._loop.create_future()
         transport = self.transport
         if body is None or isinstance(body, bytes):
@@ -338,15 +377,39 @@ class Connection(WriteFlow, asyncio.Protocol):
             if chunked and self._error is None:
                 transport.write(b"0\r\n\r\n")
         if self._error is None and not self._status:
-            timer = self._loop.call_at(deadline, self._head_timeout)
-            try:
-                await self._head_waiter
-            finally:
-                timer.cancel()
+            self._arm(deadline)
+            await self._head_waiter
+        return self.response()
+
+    def send(self, method: str, head: bytes, deadline: float, done: Callable[[], None]) -> None:
+        """`exchange` for a request without a body, by callback: `done()` is called once,
+        when the response head is in (with whatever of the body came with it) or the
+        attempt failed; it then takes `response()`. Nothing is awaited."""
+        assert self.transport is not None
+        self._begin(method, False)
+        self._listener = done
+        self.transport.write(head)
+        if self._error is None:
+            self._arm(deadline)
+
+    def _begin(self, method: str, upgrade: bool) -> None:
+        self._reset_exchange()
+        self._upgrading = upgrade
+        self.used = True
+        self._head_only = method == "HEAD"
+
+    def response(self) -> UpstreamResponse:
+        """The answer whose head is in; raises the attempt's error if there is none."""
         if self._error is not None and not self._status:
             raise self._error
         self._head_waiter = None
         return UpstreamResponse(self, self._status, self._reason, self._head)
+
+    @property
+    def stale(self) -> bool:
+        """Found dead on first use after the pool: the upstream closed it while idle, so
+        nothing sent on it was processed (no byte came back)."""
+        return self.reused and not self._got_bytes
 
     def take_complete_body(self) -> bytes | None:
         if not self._complete or self._error is not None:
@@ -396,6 +459,15 @@ class Connection(WriteFlow, asyncio.Protocol):
             self.transport.abort()
 
 
+def retry_on_fresh(
+    conn: Connection, method: str, body: bytes | AsyncIterator[bytes] | None
+) -> bool:
+    """A reset on a pooled connection the upstream had already closed: nothing of this
+    request was processed if no byte came back. Replayed on a fresh connection only when
+    safe, and only with a body we still hold."""
+    return conn.stale and method in IDEMPOTENT and not isinstance(body, AsyncIterator)
+
+
 def _wake(waiter: asyncio.Future[None] | None) -> None:
     if waiter is not None and not waiter.done():
         waiter.set_result(None)
@@ -443,7 +515,8 @@ class Pool:
             wait = self._idle[0].idle_since + self.keepalive_timeout - time.monotonic()
             self._reaper = asyncio.get_running_loop().call_later(max(wait, 0.1), self._reap)
 
-    def _take_idle(self) -> Connection | None:
+    def take_idle(self) -> Connection | None:
+        """The most recently used idle connection that is still fresh, if any."""
         cutoff = time.monotonic() - self.keepalive_timeout
         while self._idle:
             conn = self._idle.pop()  # most recently used: least likely to be stale
@@ -492,17 +565,13 @@ class Pool:
         """Send on an idle pooled connection, or a new one; the response headers by
         `deadline`. A cancelled or failed exchange leaves its connection in an unknown
         state, so the connection is dropped."""
-        conn = self._take_idle()
+        conn = self.take_idle()
         if conn is not None:
             try:
                 return await conn.exchange(method, head, body, chunked, deadline, upgrade)
             except UpstreamResetError:
                 conn.abort()
-                # A pooled connection the upstream had already closed: nothing of this
-                # request was processed if no byte came back. Replay only what is safe,
-                # and only a body we still hold.
-                replayable = method in IDEMPOTENT and not isinstance(body, AsyncIterator)
-                if conn._got_bytes or not replayable:
+                if not retry_on_fresh(conn, method, body):
                     raise
             except BaseException:
                 conn.abort()
@@ -548,4 +617,11 @@ def build_head(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
 
-__all__ = ["Connection", "Pool", "UpstreamResponse", "build_head", "translate_errors"]
+__all__ = [
+    "Connection",
+    "Pool",
+    "UpstreamResponse",
+    "build_head",
+    "retry_on_fresh",
+    "translate_errors",
+]

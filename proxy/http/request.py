@@ -42,6 +42,10 @@ class Channel(Protocol):
 
     def response_done(self, request: Request) -> None: ...
 
+    def run(self, request: Request, work: Awaitable[None]) -> None: ...
+
+    def handler_failed(self, request: Request) -> None: ...
+
     def detach(self) -> tuple[asyncio.Transport, bytes]: ...
 
     def abort(self) -> None: ...
@@ -217,6 +221,15 @@ class Request:
         self._chunked = False
         self._remaining: int | None = None
 
+    def run(self, work: Awaitable[None]) -> None:
+        """Finish this request in a task running `work` (a handler that began by callbacks
+        and now has to wait: a streamed body, a fallback, a retry)."""
+        self._conn.run(self, work)
+
+    def failed(self) -> None:
+        """An exception escaped the handler's callbacks: call from the `except` block."""
+        self._conn.handler_failed(self)
+
     # --- the response ----------------------------------------------------------------
 
     def respond(
@@ -325,4 +338,7 @@ class Request:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
 
-Handler = Callable[[Request], Awaitable[None]]
+# The handler either returns the coroutine that answers the request (the server runs it
+# in a task) or None: it has taken the request on by callbacks, and answers it, or hands
+# the rest to `Request.run`, later.
+Handler = Callable[[Request], Awaitable[None] | None]

@@ -26,6 +26,7 @@ import collections
 import json
 import logging
 import ssl
+from collections.abc import Awaitable
 from typing import cast
 
 import httptools
@@ -248,16 +249,36 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             self._close()
             return
         self._current = item
-        self._task = self._loop.create_task(self._handle(item))
-
-    async def _handle(self, request: Request) -> None:
         try:
-            await self._server.handler(request)
+            work = self._server.handler(item)
         except Exception:
-            log.exception("error handling %s %s", request.method, request.target.split("?")[0])
-            if not request.started and not self.lost:
-                request.keep_alive = False
-                request.respond_json(500, {"error": "internal error", "upstream": None})
+            self.handler_failed(item)
+            return
+        if work is not None:
+            self.run(item, work)
+
+    def run(self, request: Request, work: Awaitable[None]) -> None:
+        """Finish `request` in a task: `work` writes its response. The handler's coroutine
+        goes here, and so does the rest of a request that began by callbacks."""
+        self._task = self._loop.create_task(self._handle(request, work))
+
+    async def _handle(self, request: Request, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except Exception:
+            self.handler_failed(request)
+            return
+        if not request.finished:
+            request.abort()
+            self._current = None
+
+    def handler_failed(self, request: Request) -> None:
+        """An exception escaped the handler (call from its `except` block): logged with
+        its traceback; a 500 if nothing was written yet, else the connection is dropped."""
+        log.exception("error handling %s %s", request.method, request.target.split("?")[0])
+        if not request.started and not self.lost:
+            request.keep_alive = False
+            request.respond_json(500, {"error": "internal error", "upstream": None})
         if not request.finished:
             request.abort()
             self._current = None

@@ -145,7 +145,7 @@ async def test_chunked_response_body(pool: upstream.Pool) -> None:
     assert response.content_length is None
     assert await response.read() == b"abcde"
     response.release()
-    assert pool._take_idle() is conn
+    assert pool.take_idle() is conn
 
 
 async def test_close_delimited_body_ends_at_eof(pool: upstream.Pool) -> None:
@@ -160,7 +160,7 @@ async def test_close_delimited_body_ends_at_eof(pool: upstream.Pool) -> None:
 
     assert await reader == b"part1part2"
     response.release()
-    assert pool._take_idle() is None
+    assert pool.take_idle() is None
     assert transport.aborted
 
 
@@ -178,7 +178,7 @@ async def test_head_response_with_content_length_completes_without_body(
     assert await response.read() == b""
     response.release()
     assert transport.aborted  # never reused: llhttp cannot be told it answered HEAD
-    assert pool._take_idle() is None
+    assert pool.take_idle() is None
 
 
 async def test_large_response_body_pauses_reading_until_consumed(pool: upstream.Pool) -> None:
@@ -208,8 +208,8 @@ async def test_keep_alive_connection_returned_to_the_pool(pool: upstream.Pool) -
     response.release()
 
     assert not transport.closed
-    assert pool._take_idle() is conn
-    assert pool._take_idle() is None
+    assert pool.take_idle() is conn
+    assert pool.take_idle() is None
 
 
 @pytest.mark.parametrize(
@@ -229,7 +229,7 @@ async def test_non_keep_alive_response_not_pooled(pool: upstream.Pool, raw: byte
     response.release()
 
     assert transport.aborted
-    assert pool._take_idle() is None
+    assert pool.take_idle() is None
 
 
 async def test_body_left_unread_is_not_pooled(pool: upstream.Pool) -> None:
@@ -240,7 +240,7 @@ async def test_body_left_unread_is_not_pooled(pool: upstream.Pool) -> None:
     response.release()
 
     assert transport.aborted
-    assert pool._take_idle() is None
+    assert pool.take_idle() is None
 
 
 async def test_bytes_on_an_idle_connection_drop_it(pool: upstream.Pool) -> None:
@@ -251,7 +251,7 @@ async def test_bytes_on_an_idle_connection_drop_it(pool: upstream.Pool) -> None:
     conn.data_received(b"HTTP/1.1 200 OK\r\n\r\n")  # nobody asked
 
     assert transport.aborted
-    assert pool._take_idle() is None
+    assert pool.take_idle() is None
 
 
 async def test_expired_idle_connection_is_not_reused(pool: upstream.Pool) -> None:
@@ -259,7 +259,7 @@ async def test_expired_idle_connection_is_not_reused(pool: upstream.Pool) -> Non
     pool.give_back(conn)
     conn.idle_since = time.monotonic() - pool.keepalive_timeout - 1
 
-    assert pool._take_idle() is None
+    assert pool.take_idle() is None
     assert transport.aborted
 
 
@@ -534,7 +534,7 @@ async def test_a_101_to_an_upgrade_hands_over_the_connection(
     assert transport.reading_paused  # nothing read until the tunnel takes it
     assert response.detach() == (transport, first_frame)
     response.release()
-    assert pool._take_idle() is None  # never pooled
+    assert pool.take_idle() is None  # never pooled
 
 
 async def test_a_101_to_a_plain_request_is_a_reset(pool: upstream.Pool) -> None:
