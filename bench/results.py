@@ -377,6 +377,88 @@ def comparison_lines(label: str, compared: dict[str, Any]) -> list[str]:
     return lines
 
 
+# Issue 19's table: rollout against the floor proxy and nginx, each figure from this run.
+# (figure, connection level, how it is read from that level, goal, whether it is met)
+_TARGETS: list[tuple[str, str, Any, str, Any]] = [
+    (
+        "req/s, rollout / floor",
+        "main",
+        lambda lv: lv["ratios"].get("rollout/floor", {}).get("rps"),
+        ">= 0.7x",
+        lambda v: v >= 0.7,
+    ),
+    (
+        "CPU µs per request, rollout / floor",
+        "main",
+        lambda lv: lv["ratios"].get("rollout/floor", {}).get("cpu_us_per_req"),
+        "<= 1.5x",
+        lambda v: v <= 1.5,
+    ),
+    (
+        "req/s, rollout / nginx",
+        "main",
+        lambda lv: lv["ratios"].get("rollout/nginx", {}).get("rps"),
+        ">= 0.5x",
+        lambda v: v >= 0.5,
+    ),
+    (
+        "added p50, rollout / floor",
+        1,
+        lambda lv: lv["ratios"].get("rollout/floor", {}).get("added_p50_us"),
+        "<= 1.5x",
+        lambda v: v <= 1.5,
+    ),
+    (
+        "max latency ms (errors)",
+        500,
+        lambda lv: _max_and_errors(lv["summary"].get("rollout")),
+        "< 500 ms, 0",
+        lambda v: v[0] < 500 and v[1] == 0,
+    ),
+    (
+        "p99 / p50",
+        "main",
+        lambda lv: _tail(lv["summary"].get("rollout")),
+        "<= 2",
+        lambda v: v <= 2,
+    ),
+]
+
+
+def _max_and_errors(summary: dict[str, Any] | None) -> tuple[float, int] | None:
+    if not summary:
+        return None
+    return summary["max_us"] / 1000, summary["socket_errors"] + summary["non_2xx_3xx"]
+
+
+def _tail(summary: dict[str, Any] | None) -> float | None:
+    if not summary or not summary.get("p50_us"):
+        return None
+    return float(summary["p99_us"]) / summary["p50_us"]
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    """Issue 19's goals, each measured in this run (a level not run: `not measured`)."""
+    levels = {level["connections"]: level for level in results["levels"]}
+    main = results["settings"]["connections"]
+    rows = ["| figure | connections | measured | goal | |", "|---|---|---|---|---|"]
+    for figure, where, read, goal, met in _TARGETS:
+        connections = main if where == "main" else where
+        level = levels.get(connections)
+        value = read(level) if level is not None else None
+        if value is None:
+            rows.append(f"| {figure} | {connections} | not measured | {goal} | |")
+            continue
+        shown = (
+            f"{value[0]:.1f} ms ({value[1]})"
+            if isinstance(value, tuple)
+            else f"{value:.2f}" + ("x" if "/" in figure and "p99" not in figure else "")
+        )
+        verdict = "met" if met(value) else "not met"
+        rows.append(f"| {figure} | {connections} | {shown} | {goal} | {verdict} |")
+    return rows
+
+
 def report(results: dict[str, Any]) -> str:
     out = []
     for level in results["levels"]:
@@ -400,4 +482,6 @@ def report(results: dict[str, Any]) -> str:
         for name, lines in results["log_problems"].items():
             out += [f"  {name}: {line}" for line in lines]
     out += [f"note: {n}" for n in results.get("notes", [])]
+    if any(level["ratios"].get("rollout/floor") for level in results["levels"]):
+        out += ["", "issue 19 targets (medians of per-round ratios, this run):", *targets(results)]
     return "\n".join(out)

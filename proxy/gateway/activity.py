@@ -79,6 +79,7 @@ class Activity:
         self._features: dict[str, _Counters] = {}
         self._seed = config.rollout.seed
         self._minute = int(now // SLOT_SECONDS)
+        self._next_minute = (self._minute + 1) * SLOT_SECONDS  # a compare per request
         self._slot = self._minute % SLOTS
         self._offset = self._slot * BUCKETS
         self.configure(config)
@@ -107,9 +108,8 @@ class Activity:
         """One routed request (the hot path: one increment and one OR)."""
         if session_id is None:
             return
-        minute = int(now // SLOT_SECONDS)
-        if minute != self._minute:
-            self._advance(minute)
+        if now >= self._next_minute:
+            self._advance(int(now // SLOT_SECONDS))
         counters = self._features.get(decision.feature)
         if counters is None:  # a reload is being applied between two lines
             return
@@ -134,6 +134,7 @@ class Activity:
             for counters in self._features.values():
                 counters.clear(m % SLOTS)
         self._minute = minute
+        self._next_minute = (minute + 1) * SLOT_SECONDS
         self._slot = minute % SLOTS
         self._offset = self._slot * BUCKETS
 

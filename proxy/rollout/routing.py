@@ -29,7 +29,9 @@ class Reason(StrEnum):
     NO_SESSION = "no_session"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: made once per request, and a frozen dataclass pays an object.__setattr__
+# per field for it (bench/RESULTS.md, issue 19). Nothing changes a decision once made.
+@dataclass(slots=True)
 class Decision:
     side: Side
     reason: Reason
@@ -65,6 +67,8 @@ def match_feature(path: str, features: tuple[Feature, ...]) -> Feature | None:
     `/signals/anomaly` matches `/signals/anomaly` and `/signals/anomaly/x`, not
     `/signals/anomalyx`.
     """
+    if not features:
+        return None
     best: Feature | None = None
     best_len = -1
     for feature in features:
