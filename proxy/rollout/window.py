@@ -90,7 +90,12 @@ class Window:
         self._histogram = [0] * (len(EDGES_MS) + 1)
 
     def record(self, *, ok: bool, latency_ms: float) -> None:
-        slot = self._current()
+        # `_current`, inlined: this runs for every attempt.
+        second = int(self._clock())
+        slot = self._slots[second % self.seconds]
+        if slot.second != second:
+            self._expire(second)
+            slot.second = second
         index = bisect.bisect_left(EDGES_MS, latency_ms)
         slot.requests += 1
         slot.histogram[index] += 1
