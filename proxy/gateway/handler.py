@@ -136,7 +136,7 @@ async def _proxy(
             )
             if fallback is None:
                 break
-            runtime.metrics.fallbacks.labels(feature=decision.feature, reason=fallback.value).inc()
+            runtime.metrics.fallback(decision.feature, fallback)
             if response is not None:
                 response.close()
         if response is None:
