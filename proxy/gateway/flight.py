@@ -113,7 +113,7 @@ class Flight:
         if fallback is None:
             return False
         self.fallback = fallback
-        runtime.metrics.fallbacks.labels(feature=self.decision.feature, reason=fallback.value).inc()
+        runtime.metrics.fallback(self.decision.feature, fallback)
         if response is not None:
             response.close()
         return True

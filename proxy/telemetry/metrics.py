@@ -2,6 +2,12 @@
 
 Label values come from small fixed sets: upstream names, configured feature names, a
 closed list of methods and the reason enums. A session id never becomes a label.
+
+The per-request families (requests, duration, routing, upstream errors, fallbacks) are
+recorded by `proxy.telemetry.traffic`: plain per-series slots read by a custom Collector
+at scrape time in one process, prometheus_client's children in multiprocess mode. The
+slots take the library's locks and per-bucket loop off the request path, where they were
+a measurable share of the proxy's CPU (bench/RESULTS.md, issue 19).
 """
 
 from __future__ import annotations
@@ -10,34 +16,26 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy.config.tls import certificate_not_after
 from proxy.config.values import DEFAULT_FEATURE, Config
-from proxy.errors import FailureReason
 from proxy.rollout.drain import DrainReason
-from proxy.rollout.routing import Reason, Side
-
-# 0.2 s and 0.5 s are the promotion and rollback P95 criteria: they must be bucket edges
-# so histogram_quantile() is exact at the thresholds that matter.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+from proxy.rollout.routing import Side
+from proxy.telemetry.traffic import LATENCY_BUCKETS, Children, Recorder, Slots, method_label
 
 UPGRADE_RESULTS = ("switched", "refused", "error", "limit")
 DRAIN_REASONS = tuple(reason.value for reason in DrainReason)
 
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-def method_label(method: str) -> str:
-    """Unknown or made-up methods share one label so a client cannot grow the series."""
-    return method if method in KNOWN_METHODS else "other"
-
 
 class Metrics:
-    """Owns the registry and every metric; survives config reloads."""
+    """Owns the registry and every metric; survives config reloads.
+
+    The request path calls `routed`, `answered`, `upstream_error` and `fallback`: the
+    methods of the recorder chosen at start, bound here once.
+    """
 
     def __init__(self, version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -51,37 +49,13 @@ class Metrics:
             MultiProcessCollector(self.exposition)  # type: ignore[no-untyped-call]
         else:
             ProcessCollector(registry=r)  # process_resident_memory_bytes, open fds, CPU
-        self.requests = Counter(
-            "rollout_requests_total",
-            "Requests answered, by the upstream that served the response.",
-            ["upstream", "feature", "method", "code"],
-            registry=r,
-        )
-        self.duration = Histogram(
-            "rollout_request_duration_seconds",
-            "Time from request received to response complete, by serving upstream.",
-            ["upstream", "feature"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.upstream_errors = Counter(
-            "rollout_upstream_errors_total",
-            "Failed attempts against an upstream.",
-            ["upstream", "reason"],
-            registry=r,
-        )
-        self.fallbacks = Counter(
-            "rollout_fallbacks_total",
-            "Signal attempts replayed against legacy.",
-            ["feature", "reason"],
-            registry=r,
-        )
-        self.routing = Counter(
-            "rollout_routing_decisions_total",
-            "Routing decisions, by chosen upstream and why.",
-            ["upstream", "reason"],
-            registry=r,
-        )
+        # The per-request families, registered here so /metrics keeps SPEC 9's order.
+        self.traffic: Recorder = Children(r) if self.exposition is not r else Slots(r)
+        # Bound once: the request path calls these without a second indirection.
+        self.routed = self.traffic.routed
+        self.answered = self.traffic.answered
+        self.upstream_error = self.traffic.upstream_error
+        self.fallback = self.traffic.fallback
         self.percentage = Gauge(
             "rollout_percentage",
             "Configured rollout percentage (feature=default is the global one).",
@@ -166,16 +140,8 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
-        self._routed: dict[tuple[Side, Reason], Any] = {}
-        self._errors: dict[tuple[Side, FailureReason], Any] = {}
-        self._answered: dict[tuple[Side, str, str, int], tuple[Any, Any]] = {}
         self.build_info.labels(version=version).set(1)
         self.last_reload_ok.set(1)
-        for side in Side:
-            for error in (r for r in FailureReason):
-                self.upstream_errors.labels(upstream=side.value, reason=error.value)
-            for reason in Reason:
-                self.routing.labels(upstream=side.value, reason=reason.value)
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
         for side in Side:
@@ -187,51 +153,10 @@ class Metrics:
         for drained in DRAIN_REASONS:
             self.upgraded_drained.labels(reason=drained)
 
-    # --- the hot path: label children looked up once, then reused -----------------------
-    # prometheus_client's labels() validates and hashes its arguments on every call
-    # (~5 us); a dict lookup on a tuple of small fixed values costs a fraction of that.
-
-    def routed(self, side: Side, reason: Reason) -> None:
-        key = (side, reason)
-        child = self._routed.get(key)
-        if child is None:
-            child = self._routed[key] = self.routing.labels(
-                upstream=side.value, reason=reason.value
-            )
-        child.inc()
-
     def count_in_flight(self, read: Callable[[], float]) -> None:
         """Read the in-flight gauge from `read` at scrape time: nothing to do per request."""
         if not self.in_flight_per_request:
             self.in_flight.set_function(read)
-
-    def upstream_error(self, side: Side, reason: FailureReason) -> None:
-        key = (side, reason)
-        child = self._errors.get(key)
-        if child is None:
-            child = self._errors[key] = self.upstream_errors.labels(
-                upstream=side.value, reason=reason.value
-            )
-        child.inc()
-
-    def answered(self, side: Side, feature: str, method: str, code: int, seconds: float) -> None:
-        """One request answered: counted with its status, timed in the histogram."""
-        key = (side, feature, method, code)
-        pair = self._answered.get(key)
-        if pair is None:
-            if len(self._answered) > 10_000:
-                self._answered.clear()  # bounded: methods and codes are closed sets anyway
-            pair = self._answered[key] = (
-                self.requests.labels(
-                    upstream=side.value,
-                    feature=feature,
-                    method=method_label(method),
-                    code=str(code),
-                ),
-                self.duration.labels(upstream=side.value, feature=feature),
-            )
-        pair[0].inc()
-        pair[1].observe(seconds)
 
     def shadow_result(self, feature: str, result: str) -> None:
         self.shadow.labels(feature=feature, result=result).inc()
@@ -247,10 +172,9 @@ class Metrics:
             self.percentage.labels(feature=feature).set(pct)
             effective = 0.0 if (config.rollout.emergency or guard_tripped) else pct
             self.effective_percentage.labels(feature=feature).set(effective)
-            for side in Side:
-                self.duration.labels(upstream=side.value, feature=feature)
-            for reason in FailureReason:
-                self.fallbacks.labels(feature=feature, reason=reason.value)
+            # Zero series for every configured feature; a removed feature's counts stay
+            # (they are cumulative: dropping them would read as a reset).
+            self.traffic.feature(feature)
             if config.shadow.enabled:
                 for result in ("match", "mismatch", "error", "dropped"):
                     self.shadow.labels(feature=feature, result=result)

@@ -20,7 +20,7 @@ def busy_metrics() -> Metrics:
     metrics.answered(Side.LEGACY, "default", "GET", 200, 0.01)
     metrics.answered(Side.LEGACY, "beta", "POST", 502, 0.01)  # two series, one upstream
     metrics.upstream_error(Side.SIGNAL, FailureReason.CONNECT)
-    metrics.fallbacks.labels(feature="default", reason="connect").inc()
+    metrics.fallback("default", FailureReason.CONNECT)
     metrics.upgraded.labels(upstream="signal").inc(2)
     metrics.shadow_result("default", "match")
     metrics.shadow_result("default", "mismatch")
