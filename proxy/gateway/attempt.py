@@ -102,6 +102,7 @@ async def send(
     *,
     connect_timeout: float,
     deadline: float,
+    fresh: bool = False,
 ) -> UpstreamResponse:
     """Send the request; return once the response headers are in, by `deadline`.
 
@@ -118,6 +119,7 @@ async def send(
         connect_timeout=connect_timeout,
         deadline=deadline,
         upgrade=bool(request.upgrade),
+        fresh=fresh,
     )
     if body.stream is None:
         return await sending

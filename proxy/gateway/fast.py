@@ -74,8 +74,10 @@ class _Attempt:
                 if isinstance(err, UpstreamResetError) and retry_on_fresh(
                     self.conn, request.method, None
                 ):
-                    # As `Pool.request` would: not an attempt that counts, just again.
+                    # As `Pool.request` would: not an attempt that counts, just again,
+                    # on a new connection (once: never on a second pooled one).
                     self.conn.abort()
+                    flight.fresh = True
                     request.run(self.rest(flight, self.relay, 0, None))
                     return
             if flight.settle(side, response, error, self.sent, True):

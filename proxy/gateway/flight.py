@@ -40,6 +40,7 @@ class Flight:
         "decision",
         "extra",
         "fallback",
+        "fresh",
         "loop",
         "minted",
         "request",
@@ -75,6 +76,8 @@ class Flight:
         self.extra = {session.header: minted} if minted else None
         self.deadline = started + config.timeouts.total
         self.fallback: FailureReason | None = None  # why signal's attempt was replayed
+        # The next attempt goes on a new connection: the request met a dead pooled one.
+        self.fresh = False
 
     def attempts(self) -> tuple[Side, ...]:
         return ATTEMPTS[self.decision.side]

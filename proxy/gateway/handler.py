@@ -94,10 +94,12 @@ async def _proxy(flight: Flight, relay: Relay, first: int) -> Outcome:
                     flight.extra,
                     connect_timeout=config.timeouts.connect,
                     deadline=flight.until(side, sent, body.buffered),
+                    fresh=flight.fresh,
                 )
                 error = None
             except UpstreamError as err:
                 response, error = None, err
+            flight.fresh = False
             if not flight.settle(side, response, error, sent, body.buffered):
                 break
         if response is None:

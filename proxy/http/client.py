@@ -561,11 +561,13 @@ class Pool:
         connect_timeout: float,
         deadline: float,
         upgrade: bool = False,
+        fresh: bool = False,
     ) -> UpstreamResponse:
         """Send on an idle pooled connection, or a new one; the response headers by
         `deadline`. A cancelled or failed exchange leaves its connection in an unknown
-        state, so the connection is dropped."""
-        conn = self.take_idle()
+        state, so the connection is dropped. `fresh`: a new connection only (the request
+        already met a dead pooled one: it is retried once, never twice)."""
+        conn = None if fresh else self.take_idle()
         if conn is not None:
             try:
                 return await conn.exchange(method, head, body, chunked, deadline, upgrade)

@@ -328,3 +328,51 @@ async def test_an_exception_in_a_callback_answers_500_and_leaks_nothing(
     assert b'"internal error"' in body
     assert "a bug in the relay" in caplog.text
     assert gw.runtime.active == 0  # the request left the gateway: a drain does not hang
+
+
+async def test_a_request_meets_at_most_one_dead_pooled_connection(
+    gateway: Start, upstream: UpstreamFactory
+) -> None:
+    """With two pooled connections both dead, the request found dead on the first is
+    retried on a new connection, never on the second pooled one: an upstream sees it at
+    most twice (RFC 9112 9.3.1 allows one retry)."""
+    seen: list[bytes] = []
+    handlers: list[asyncio.Task[None]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        requests = 0
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                seen.append(head.split(b" ", 2)[1])
+                requests += 1
+                if requests == 2:
+                    writer.transport.abort()
+                    return
+                await asyncio.sleep(0.05)  # the first two overlap: two connections
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    raw = await asyncio.start_server(serve, HOST, 0)
+    port = raw.sockets[0].getsockname()[1]
+    legacy = await upstream(_app(_ok))
+    gw = await gateway(f"http://{HOST}:{port}", server_url(legacy), rollout={"percentage": 100})
+    try:
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(_get(session, gw.url + "/a"), _get(session, gw.url + "/b"))
+            assert len(gw.runtime.pool(gw.runtime.store.config.upstreams.signal)._idle) == 2
+            status, headers, body = await _get(session, gw.url + "/c")
+    finally:
+        raw.close()
+        gw.runtime.close_pools()
+        await asyncio.wait_for(asyncio.gather(*handlers), 5)
+    assert gw.paths[-1] is True
+    assert (status, body) == (200, b"ok")
+    assert "X-Rollout-Fallback" not in headers
+    assert seen.count(b"/c") == 2
