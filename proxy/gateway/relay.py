@@ -17,6 +17,7 @@ from proxy.gateway.attempt import RequestBody
 from proxy.gateway.headers import (
     FALLBACK_HEADER,
     UPSTREAM_HEADER,
+    added_head,
     added_headers,
     client_response_headers,
     forwardable_head,
@@ -96,8 +97,10 @@ async def relay_response(exchange: Exchange, sink: Sink) -> int:
         head = forwardable_head(response.head) if len(body) == length else None
         if head is not None:
             # The upstream's header block goes out as bytes, framed by its Content-Length.
-            lines = "".join(f"{name}: {value}\r\n" for name, value in added)
-            sink.respond_head(status, reason, head + lines.encode(), body)
+            lines = added_head(
+                exchange.side, exchange.fallback, exchange.config.session.cookie, exchange.minted
+            )
+            sink.respond_head(status, reason, head + lines, body)
         else:
             sink.respond(status, reason, client_response_headers(response.headers) + added, body)
         return status
