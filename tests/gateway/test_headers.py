@@ -377,3 +377,73 @@ def test_added_head_after_a_fallback_with_a_minted_cookie() -> None:
         b"X-Rollout-Upstream: legacy\r\nX-Rollout-Fallback: status\r\n"
         b"Set-Cookie: sid=m-1; HttpOnly; Path=/; SameSite=Lax\r\n"
     )
+
+
+_REPLACED_NAMES = [
+    "Host",
+    "Expect",
+    "Content-Length",
+    "X-Forwarded-For",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Host",
+]
+_REQUEST_NAMES = st.one_of(
+    _NAMES, st.sampled_from([*_REPLACED_NAMES, "X-Session-Id", "Cookie"]).flatmap(_cases)
+)
+# A value as the server keeps it: llhttp took the blanks before it, the server those after.
+_KEPT_VALUE = _VALUE.map(lambda value: value.rstrip(b" \t")).filter(bool)
+
+
+@st.composite
+def request_pairs(draw: st.DrawFn) -> list[tuple[bytes, bytes]]:
+    pairs = []
+    for name in draw(st.lists(_REQUEST_NAMES, max_size=8)):
+        if name.lower() == "connection":
+            value = draw(_CONNECTION_VALUE).strip(b" \t")
+        else:
+            value = draw(_KEPT_VALUE)
+        pairs.append((name.encode(), value))
+    return pairs
+
+
+def reference_request_head(
+    pairs: list[tuple[bytes, bytes]], scheme: str, extra: dict[str, str] | None
+) -> bytes:
+    """SPEC 4 read literally, for a GET without a body: hop-by-hop headers, those the
+    Connection header lists and those the proxy sets itself stop here; X-Forwarded-For
+    gets the peer appended; X-Forwarded-Proto and -Host are set; Host is the upstream's;
+    a minted session id goes in the session header."""
+    names = [name.decode("latin-1").lower() for name, _ in pairs]
+    listed = {
+        token.strip(" \t").lower()
+        for (_, value), name in zip(pairs, names, strict=True)
+        if name == "connection"
+        for token in value.decode("latin-1").split(",")
+    }
+    own = {name.lower() for name in [*_REPLACED_NAMES, *(extra or {})]}
+    stop = HOP_BY_HOP | own | listed
+    kept = [n + b": " + v for (n, v), name in zip(pairs, names, strict=True) if name not in stop]
+    prior = [v for (_, v), name in zip(pairs, names, strict=True) if name == "x-forwarded-for"]
+    hosts = [v for (_, v), name in zip(pairs, names, strict=True) if name == "host"]
+    fields = [
+        *kept,
+        b"X-Forwarded-For: " + b", ".join([*prior, b"198.51.100.2"]),
+        b"X-Forwarded-Proto: " + scheme.encode(),
+        *([b"X-Forwarded-Host: " + hosts[0]] if hosts else []),
+        b"Host: 10.0.0.5:9001",
+        *(f"{name}: {value}".encode() for name, value in (extra or {}).items()),
+    ]
+    return b"GET /s?x=1 HTTP/1.1\r\n" + b"".join(field + b"\r\n" for field in fields) + b"\r\n"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    pairs=request_pairs(),
+    scheme=st.sampled_from(["http", "https"]),
+    extra=st.sampled_from([None, {"X-Session-Id": "m-1"}]),
+)
+def test_request_head_follows_the_spec_rule(
+    pairs: list[tuple[bytes, bytes]], scheme: str, extra: dict[str, str] | None
+) -> None:
+    request = a_request(pairs, "/s?x=1", scheme=scheme)
+    assert request_head(request, UP, None, extra) == reference_request_head(pairs, scheme, extra)
