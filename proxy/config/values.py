@@ -68,6 +68,9 @@ class Upstream:
     https: bool = field(init=False, compare=False)
     authority: str = field(init=False, compare=False)
     server_name: str = field(init=False, compare=False)
+    # The upstream head's `Host` field, as bytes once per load rather than formatted per
+    # request (bench/RESULTS.md, issue 19).
+    host_field: bytes = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         url = URL(self.url) if self.url else URL("http://invalid")
@@ -75,6 +78,8 @@ class Upstream:
         object.__setattr__(self, "port", url.port or 80)
         object.__setattr__(self, "https", url.scheme == "https")
         object.__setattr__(self, "authority", url.raw_authority)
+        host_field = f"Host: {url.raw_authority}".encode("utf-8", "surrogateescape")
+        object.__setattr__(self, "host_field", host_field)
         name = self.tls.server_name if self.tls is not None else None
         object.__setattr__(self, "server_name", name or url.host or "")
 

@@ -17,6 +17,7 @@ from proxy.gateway.attempt import RequestBody
 from proxy.gateway.headers import (
     FALLBACK_HEADER,
     UPSTREAM_HEADER,
+    added_head,
     added_headers,
     client_response_headers,
     forwardable_head,
@@ -92,16 +93,19 @@ def relay_complete(exchange: Exchange, sink: Sink) -> int | None:
         return None
     response.release()
     status, reason = response.status, response.reason
-    added = added_headers(
-        exchange.side, exchange.fallback, exchange.config.session.cookie, exchange.minted
+    side, fallback, cookie, minted = (
+        exchange.side,
+        exchange.fallback,
+        exchange.config.session.cookie,
+        exchange.minted,
     )
     head = forwardable_head(response.head) if len(body) == length else None
     if head is not None:
         # The upstream's header block goes out as bytes, framed by its Content-Length.
-        lines = "".join(f"{name}: {value}\r\n" for name, value in added)
-        sink.respond_head(status, reason, head + lines.encode(), body)
+        sink.respond_head(status, reason, head + added_head(side, fallback, cookie, minted), body)
     else:
-        sink.respond(status, reason, client_response_headers(response.headers) + added, body)
+        headers = client_response_headers(response.headers)
+        sink.respond(status, reason, headers + added_headers(side, fallback, cookie, minted), body)
     return status
 
 

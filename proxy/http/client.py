@@ -32,7 +32,7 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import cast
 
@@ -91,7 +91,6 @@ def translate_errors(
         raise UpstreamResetError(upstream, detail) from exc
 
 
-_CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(\d+)[ \t]*\r$", re.IGNORECASE | re.MULTILINE)
 _FRAMED = re.compile(rb"^(?:content-length|transfer-encoding):", re.IGNORECASE | re.MULTILINE)
 
 
@@ -111,8 +110,7 @@ class UpstreamResponse:
         self.reason = reason
         self.head = head
         self._headers: list[tuple[str, str]] | None = None
-        match = _CONTENT_LENGTH.search(head)
-        self.content_length = int(match[1]) if match else None
+        self.content_length = content_length(head)
 
     @property
     def headers(self) -> list[tuple[str, str]]:
@@ -608,15 +606,36 @@ def parse_head(head: bytes) -> list[tuple[str, str]]:
     return pairs
 
 
-def build_head(
-    method: str, target: str, headers: Iterable[tuple[str, str]], body_header: str | None
-) -> bytes:
-    """The request line and headers, exactly as given (no normalisation)."""
-    lines = [f"{method} {target} HTTP/1.1"]
-    lines.extend(f"{name}: {value}" for name, value in headers)
+def content_length(head: bytes) -> int | None:
+    """The value of the first `Content-Length: digits` line of a header block, if any.
+
+    llhttp exposes no length through httptools, so the block is searched, once lowered
+    (two `find`s rather than a case-insensitive multi-line regex, bench/RESULTS.md,
+    issue 19); a line whose value is not digits is passed over, as llhttp would have
+    refused it anyway.
+    """
+    lowered = head.lower()
+    at = lowered.find(b"content-length:")
+    while at >= 0:
+        if at == 0 or lowered[at - 1] == 0x0A:  # the name starts its line
+            start = at + 15
+            end = head.find(b"\r", start)
+            value = head[start:end].strip(b" \t") if end >= 0 else b""
+            if value.isdigit():
+                return int(value)
+        at = lowered.find(b"content-length:", at + 15)
+    return None
+
+
+def build_head(method: str, target: str, fields: list[bytes], body_header: str | None) -> bytes:
+    """The request line, then `fields` (ready `Name: value` bytes) and the body's framing
+    line, exactly as given (no normalisation), joined once. `target` is encoded with
+    surrogateescape, so the bytes it was decoded from go on unchanged."""
+    lines = [f"{method} {target} HTTP/1.1".encode("utf-8", "surrogateescape"), *fields]
     if body_header:
-        lines.append(body_header)
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+        lines.append(body_header.encode("utf-8", "surrogateescape"))
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
 
 
 __all__ = [
@@ -624,6 +643,7 @@ __all__ = [
     "Pool",
     "UpstreamResponse",
     "build_head",
+    "content_length",
     "retry_on_fresh",
     "translate_errors",
 ]

@@ -1,10 +1,10 @@
 """One request as the handler sees it, and the one response it writes.
 
-The handler gets raw values (target and header values as sent, decoded with
-surrogateescape so every byte round-trips), the body as a flow-controlled stream, and a
-response API that frames what it writes (`Content-Length`, chunked, or close-delimited
-for HTTP/1.0). The connection underneath is `proxy.http.server`'s; a request needs only
-the `Channel` of it.
+The handler gets raw values (the target as sent, decoded with surrogateescape so every
+byte round-trips; the headers as the bytes received, decoded only when asked for), the
+body as a flow-controlled stream, and a response API that frames what it writes
+(`Content-Length`, chunked, or close-delimited for HTTP/1.0). The connection underneath
+is `proxy.http.server`'s; a request needs only the `Channel` of it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 import collections
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from http import HTTPStatus
 from typing import Protocol
 
 from proxy.errors import ClientGoneError
@@ -68,27 +69,71 @@ REASONS = {
 }
 _NO_BODY_STATUSES = frozenset({204, 304})
 
+# Status lines ready as bytes, with the reason each is usually sent with: a relayed answer
+# whose status and reason are in here is not formatted per response (bench/RESULTS.md,
+# issue 19). Any other reason is formatted, so the upstream's own reason goes on as sent.
+_STATUS_LINES: dict[int, tuple[str, bytes]] = {
+    status: (reason, b"HTTP/1.1 %d %b\r\n" % (status, reason.encode("latin-1")))
+    for status, reason in {**{s.value: s.phrase for s in HTTPStatus}, **REASONS}.items()
+}
+
 
 class RequestHeaders:
-    """The request's headers in arrival order, looked up case-insensitively."""
+    """The request's headers in arrival order, looked up case-insensitively.
 
-    __slots__ = ("_first", "items")
+    Kept as the raw byte pairs llhttp hands over: the upstream head is joined from them
+    with no decoding and re-encoding, and a value goes on byte for byte (bench/RESULTS.md,
+    issue 19). Only what a str user asks for (`get`, `getall`, `items`: routing's session
+    lookup, the Cookie header) is decoded, UTF-8 with surrogateescape so bytes round-trip.
+    The lowercased names are made once, on the first lookup (the head is complete by
+    then), for every later one and for `request_head`.
+    """
+
+    __slots__ = ("_lowered", "raw")
 
     def __init__(self) -> None:
-        self.items: list[tuple[str, str]] = []
-        self._first: dict[str, str] = {}
+        self.raw: list[tuple[bytes, bytes]] = []
+        self._lowered: list[bytes] | None = None
 
-    def add(self, name: str, value: str) -> None:
-        self.items.append((name, value))
-        self._first.setdefault(name.lower(), value)
+    def add(self, name: bytes, value: bytes) -> None:
+        """One more header, before any lookup."""
+        self.raw.append((name, value))
+
+    @property
+    def lowered(self) -> list[bytes]:
+        """Each header's name in lower case, in the order of `raw`."""
+        lowered = self._lowered
+        if lowered is None:
+            lowered = self._lowered = [name.lower() for name, _ in self.raw]
+        return lowered
+
+    def get_raw(self, lower: bytes, /) -> bytes | None:
+        """The first value of the header named `lower` (in lower case), as bytes."""
+        # A list searched in C: for the dozen headers of a request, cheaper than a dict
+        # that would have to be built first.
+        lowered = self._lowered or self.lowered
+        return self.raw[lowered.index(lower)][1] if lower in lowered else None
+
+    def getall_raw(self, lower: bytes) -> list[bytes]:
+        """Every value of the header named `lower` (in lower case), as bytes."""
+        return [v for n, (_, v) in zip(self.lowered, self.raw, strict=True) if n == lower]
 
     def get(self, name: str, /) -> str | None:
         """The first value of `name`."""
-        return self._first.get(name.lower())
+        lower = name.lower().encode("latin-1", "replace")
+        lowered = self._lowered or self.lowered
+        if lower not in lowered:
+            return None
+        return self.raw[lowered.index(lower)][1].decode("utf-8", "surrogateescape")
 
     def getall(self, name: str) -> list[str]:
-        lower = name.lower()
-        return [v for n, v in self.items if n.lower() == lower]
+        lower = name.lower().encode("latin-1", "replace")
+        return [v.decode("utf-8", "surrogateescape") for v in self.getall_raw(lower)]
+
+    @property
+    def items(self) -> list[tuple[str, str]]:
+        """(name, value) pairs as str: names latin-1, values surrogateescape."""
+        return [(n.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for n, v in self.raw]
 
 
 class IncomingBody:
@@ -245,13 +290,19 @@ class Request:
     def respond_head(self, status: int, reason: str, head: bytes, body: bytes) -> None:
         """A complete response in one write, from a ready header block (`Name: value\r\n`
         lines) that frames `body` itself (its `Content-Length`)."""
-        out = b"HTTP/1.1 %d %b\r\n%b" % (status, reason.encode("latin-1"), head)
+        known = _STATUS_LINES.get(status)
+        if known is not None and known[0] == reason:
+            line = known[1]
+        else:
+            line = b"HTTP/1.1 %d %b\r\n" % (status, reason.encode("latin-1"))
         if not self.keep_alive or self._conn.closing:
             self.keep_alive = False
-            out += b"Connection: close\r\n"
+            end = b"Connection: close\r\n\r\n"
         elif self.version == "1.0":
-            out += b"Connection: keep-alive\r\n"
-        self._conn.write(out + b"\r\n" + body)
+            end = b"Connection: keep-alive\r\n\r\n"
+        else:
+            end = b"\r\n"
+        self._conn.write(b"".join((line, head, end, body)))
         self.started = self.finished = True
         self._conn.response_done(self)
 

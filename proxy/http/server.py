@@ -9,8 +9,8 @@ what a proxy needs: parse, hand over raw values, write bytes. The upstream side 
 What it guarantees the handler:
 - requests of one connection are handled one at a time, in order (pipelined requests
   wait their turn, reading pauses when too many are queued);
-- the target and header values exactly as sent (decoded UTF-8 with surrogateescape, so
-  every byte round-trips);
+- the target and header values exactly as sent (the target decoded UTF-8 with
+  surrogateescape, so every byte round-trips; the headers as bytes);
 - the body as a flow-controlled stream; `100 Continue` is sent when it is first read;
 - limits: request line 8190 bytes (414), 100 headers, 16 KiB per header and 1 MiB of head
   (431); anything llhttp refuses, including ambiguous framing (TE + CL), is a 400. Each
@@ -156,14 +156,15 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             raise _Rejected(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self._headers.items) >= MAX_HEADERS:
+        raw = self._headers.raw
+        if len(raw) >= MAX_HEADERS:
             raise _Rejected(431, "too many headers")
         if len(name) + len(value) > MAX_FIELD_BYTES:
             raise _Rejected(431, "header too large")
+        # Kept as bytes: decoded only if someone asks (bench/RESULTS.md, issue 19).
         # llhttp drops the whitespace before a value, not after it (RFC 9110 5.5: not
         # part of the value; a session id "7\t" is "7").
-        value = value.rstrip(b" \t")
-        self._headers.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+        raw.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -174,9 +175,9 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             raise _Rejected(400, "HTTP/1.0 or HTTP/1.1 only")
         headers = self._headers
         method = parser.get_method().decode("ascii")
-        length_header = headers.get("content-length")
+        length_header = headers.get_raw(b"content-length")
         length = int(length_header) if length_header is not None else None
-        has_body = bool(length) or headers.get("transfer-encoding") is not None
+        has_body = bool(length) or headers.get_raw(b"transfer-encoding") is not None
         # An upgrade's bytes after the head are the new protocol's, so an upgrade request
         # with a body is not one we can relay (llhttp does not parse that body).
         upgrade = None
@@ -184,7 +185,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             upgrade = ", ".join(headers.getall("upgrade")) if not has_body else ""
         body = None
         if has_body:
-            expect = (headers.get("expect") or "").lower() == "100-continue"
+            expect = (headers.get_raw(b"expect") or b"").lower() == b"100-continue"
             body = self._parsing = IncomingBody(self, expect and version == "1.1")
         request = Request(
             self,

@@ -12,6 +12,8 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.errors import (
     FailureReason,
@@ -65,16 +67,21 @@ async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
 
 def test_build_head_is_exact() -> None:
     head = upstream.build_head(
-        "POST", "/p?q=%2F&x", [("Host", "up:8080"), ("X-A", "caf\udce9")], "Content-Length: 5"
+        "POST", "/p?q=%2F&x\udce9", [b"Host: up:8080", b"X-A: caf\xe9"], "Content-Length: 5"
     )
     assert head == (
-        b"POST /p?q=%2F&x HTTP/1.1\r\nHost: up:8080\r\nX-A: caf\xe9\r\nContent-Length: 5\r\n\r\n"
+        b"POST /p?q=%2F&x\xe9 HTTP/1.1\r\nHost: up:8080\r\nX-A: caf\xe9\r\n"
+        b"Content-Length: 5\r\n\r\n"
     )
+
+
+def test_build_head_without_fields_or_body() -> None:
+    assert upstream.build_head("GET", "/", [], None) == b"GET / HTTP/1.1\r\n\r\n"
 
 
 async def test_request_head_and_body_written_then_response_parsed(pool: upstream.Pool) -> None:
     conn, transport = connected(pool)
-    head = upstream.build_head("POST", "/p", [("Host", "up")], "Content-Length: 5")
+    head = upstream.build_head("POST", "/p", [b"Host: up"], "Content-Length: 5")
     task = await exchange_task(conn, "POST", head, b"hello")
     assert transport.written == head + b"hello"
     assert transport.writes == [head + b"hello"]  # one write for head and body
@@ -585,3 +592,59 @@ def test_an_ssl_error_after_connecting_is_a_reset() -> None:
     with pytest.raises(UpstreamResetError) as info, upstream.translate_errors("signal"):
         raise error
     assert info.value.detail == "bad record mac"
+
+
+# --- the response's Content-Length, read from its head ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("head", "length"),
+    [
+        pytest.param(b"Server: nginx\r\nContent-Length: 208\r\nX-A: 1\r\n", 208, id="nginx"),
+        pytest.param(b"content-length:12\r\n", 12, id="lower-no-blank"),
+        pytest.param(b"CONTENT-LENGTH: \t7 \t\r\n", 7, id="upper-blanks"),
+        pytest.param(b"Content-Length: 0\r\n", 0, id="zero"),
+        pytest.param(b"Content-Length: 007\r\n", 7, id="leading-zeros"),
+        pytest.param(b"X-A: 1\r\n", None, id="absent"),
+        pytest.param(b"X-Content-Length: 5\r\n", None, id="longer-name"),
+        pytest.param(b"X-Note: content-length: 9\r\n", None, id="in-a-value"),
+        pytest.param(b"Content-Length: 1 2\r\n", None, id="not-one-number"),
+        pytest.param(b"Content-Length: \xb2\r\n", None, id="non-ascii-digit"),
+        pytest.param(b"Content-Length: \r\n", None, id="empty"),
+        pytest.param(b"Content-Length: x\r\nContent-Length: 4\r\n", 4, id="first-valid-line-wins"),
+        pytest.param(b"X-Note: content-length: 9\r\nContent-Length: 3\r\n", 3, id="after-a-value"),
+    ],
+)
+def test_content_length_of_a_head(head: bytes, length: int | None) -> None:
+    assert upstream.content_length(head) == length
+
+
+def reference_content_length(head: bytes) -> int | None:
+    """The first line named Content-Length (any case) whose value, blanks stripped, is
+    ASCII digits."""
+    for line in head.split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        value = value.strip(b" \t")
+        if colon and name.lower() == b"content-length" and value and value.isdigit():
+            return int(value)
+    return None
+
+
+_LINE = st.one_of(
+    st.tuples(
+        st.sampled_from([b"Content-Length", b"content-length", b"CONTENT-length", b"X-Len"]),
+        st.sampled_from([b":", b": ", b":\t "]),
+        st.one_of(
+            st.integers(0, 10**12).map(lambda n: str(n).encode()),
+            st.sampled_from([b"", b"1 2", b"x", b"12 ", b"content-length: 3"]),
+        ),
+    ).map(b"".join),
+    st.binary(max_size=12).map(lambda raw: bytes(b for b in raw if b not in (10, 13))),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(lines=st.lists(_LINE, max_size=6))
+def test_content_length_follows_the_rule(lines: list[bytes]) -> None:
+    head = b"".join(line + b"\r\n" for line in lines)
+    assert upstream.content_length(head) == reference_content_length(head)

@@ -100,6 +100,64 @@ async def test_header_values_keep_their_bytes_minus_trailing_blanks(serve: Conne
     raw = headers.get("x-raw")
     assert raw is not None
     assert raw.encode("utf-8", "surrogateescape") == b"caf\xc3\xa9\xff"
+    # Kept as the bytes received: names as spelled, values minus trailing blanks.
+    assert headers.raw == [(b"X-S", b"7"), (b"X-Raw", b"caf\xc3\xa9\xff"), (b"X-S", b"8")]
+    assert headers.lowered == [b"x-s", b"x-raw", b"x-s"]
+    assert headers.get_raw(b"x-raw") == b"caf\xc3\xa9\xff"
+    assert headers.getall_raw(b"x-s") == [b"7", b"8"]
+    assert headers.get_raw(b"x-none") is None
+    assert headers.get("X-None") is None
+    assert headers.get("X-\u0130") is None  # a name no header can have: no error
+
+
+class HeadResponder:
+    """A handler answering with a ready header block through `respond_head`."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+
+    async def __call__(self, request: server.Request) -> None:
+        request.respond_head(self.status, self.reason, b"X-A: 1\r\nContent-Length: 2\r\n", b"hi")
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "line"),
+    [
+        pytest.param(200, "OK", b"HTTP/1.1 200 OK\r\n", id="from-the-table"),
+        pytest.param(404, "Not Found", b"HTTP/1.1 404 Not Found\r\n", id="404-table"),
+        pytest.param(499, "Client Closed Request", b"HTTP/1.1 499 Client Closed Request\r\n"),
+        pytest.param(200, "Fine", b"HTTP/1.1 200 Fine\r\n", id="upstream-own-reason"),
+        pytest.param(200, "", b"HTTP/1.1 200 \r\n", id="no-reason"),
+        pytest.param(299, "Odd", b"HTTP/1.1 299 Odd\r\n", id="not-in-the-table"),
+        pytest.param(200, "caf\xe9", b"HTTP/1.1 200 caf\xe9\r\n", id="latin-1-reason"),
+    ],
+)
+async def test_respond_head_status_line(
+    serve: Connect, status: int, reason: str, line: bytes
+) -> None:
+    conn, transport = serve(HeadResponder(status, reason))
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await settle(lambda: bool(transport.buffer))
+    assert transport.written == line + b"X-A: 1\r\nContent-Length: 2\r\n\r\nhi"
+
+
+@pytest.mark.parametrize(
+    ("request_head", "connection"),
+    [
+        pytest.param(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", b"keep-alive"),
+        pytest.param(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", b"close"),
+    ],
+)
+async def test_respond_head_says_what_becomes_of_the_connection(
+    serve: Connect, request_head: bytes, connection: bytes
+) -> None:
+    conn, transport = serve(HeadResponder(200, "OK"))
+    conn.data_received(request_head)
+    await settle(lambda: bool(transport.buffer))
+    assert transport.written == (
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: %b\r\n\r\nhi" % connection
+    )
 
 
 async def test_request_split_into_single_bytes_is_parsed(serve: Connect) -> None:
