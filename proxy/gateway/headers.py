@@ -7,6 +7,7 @@ to the answer.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -128,6 +129,12 @@ def upstream_target(request: Request) -> str:
     return target
 
 
+# An upstream sends nearly the same header block every time (its Date changes once a
+# second): a pure function of the bytes is asked once per distinct block. Bounded.
+HEAD_MEMO = 256
+
+
+@functools.lru_cache(maxsize=HEAD_MEMO)
 def forwardable_head(head: bytes) -> bytes | None:
     """An upstream header block minus its hop-by-hop lines, as bytes; None when its
     `Connection` header names other headers (then `client_response_headers` filters).

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import re
 import ssl
@@ -606,6 +607,9 @@ def parse_head(head: bytes) -> list[tuple[str, str]]:
     return pairs
 
 
+# Memoised as `headers.forwardable_head` is: an upstream's block rarely changes, and the
+# bytes' hash, computed here, serves that lookup too.
+@functools.lru_cache(maxsize=256)
 def content_length(head: bytes) -> int | None:
     """The value of the first `Content-Length: digits` line of a header block, if any.
 
